@@ -1,0 +1,119 @@
+// Package sqfs checks that a file (or a region of one) is a readable squashfs
+// image: its superblock is valid, the size it records fits in the file, and
+// its root directory can be read. It uses github.com/CalebQ42/squashfs and is
+// shared by `imgpost verity`, `imgpost dist` and `imgpost verify`.
+package sqfs
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"github.com/CalebQ42/squashfs"
+)
+
+// Magic is the squashfs superblock magic ("hsqs" little-endian).
+const Magic = 0x73717368
+
+// superblockSize is the size of the squashfs 4.0 superblock.
+const superblockSize = 96
+
+// Info is what the check learned about a squashfs image.
+type Info struct {
+	// BytesUsed is the image size recorded in the superblock; the file may be
+	// longer (mksquashfs pads to 4 KiB by default).
+	BytesUsed int64
+	// BlockSize is the data block size.
+	BlockSize uint32
+	// Compression names the compressor (gzip, lzma, lzo, xz, lz4, zstd).
+	Compression string
+	// Inodes is the inode count.
+	Inodes uint32
+	// RootEntries is the number of entries in the root directory.
+	RootEntries int
+}
+
+// oneLine joins the lines of errors.Join'ed library errors.
+func oneLine(err error) string { return strings.ReplaceAll(err.Error(), "\n", ": ") }
+
+var compressors = map[uint16]string{1: "gzip", 2: "lzma", 3: "lzo", 4: "xz", 5: "lz4", 6: "zstd"}
+
+// Check opens path and checks that it holds a readable squashfs. Errors name
+// the file and say what is wrong (empty, truncated, not a squashfs, root
+// directory unreadable).
+func Check(path string) (*Info, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("squashfs %s: %w", path, err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("squashfs %s: %w", path, err)
+	}
+	if !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("squashfs %s: not a regular file", path)
+	}
+	info, err := CheckReaderAt(f, st.Size())
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return info, nil
+}
+
+// CheckReaderAt checks that the first size bytes of r hold a readable
+// squashfs. Errors do not name the file; callers add it.
+func CheckReaderAt(r io.ReaderAt, size int64) (info *Info, err error) {
+	if size == 0 {
+		return nil, errors.New("empty file, not a squashfs image")
+	}
+	if size < superblockSize {
+		return nil, fmt.Errorf("truncated: %d bytes, shorter than a squashfs superblock (%d bytes)", size, superblockSize)
+	}
+	var sb [superblockSize]byte
+	if _, err := r.ReadAt(sb[:], 0); err != nil {
+		return nil, fmt.Errorf("read squashfs superblock: %w", err)
+	}
+	le := binary.LittleEndian
+	if m := le.Uint32(sb[0:]); m != Magic {
+		return nil, fmt.Errorf("not a squashfs image (magic %#08x, want %#08x \"hsqs\")", m, Magic)
+	}
+	if maj, mnr := le.Uint16(sb[28:]), le.Uint16(sb[30:]); maj != 4 || mnr != 0 {
+		return nil, fmt.Errorf("unsupported squashfs version %d.%d (want 4.0)", maj, mnr)
+	}
+	used := le.Uint64(sb[40:])
+	if used < superblockSize || used > uint64(size) {
+		if used > uint64(size) {
+			return nil, fmt.Errorf("truncated squashfs: superblock records %d bytes, file has %d", used, size)
+		}
+		return nil, fmt.Errorf("corrupt squashfs superblock: bytes_used %d", used)
+	}
+	comp, ok := compressors[le.Uint16(sb[20:])]
+	if !ok {
+		return nil, fmt.Errorf("corrupt squashfs superblock: unknown compression id %d", le.Uint16(sb[20:]))
+	}
+	// The library may panic on malformed metadata; turn that into an error.
+	defer func() {
+		if p := recover(); p != nil {
+			info, err = nil, fmt.Errorf("corrupt squashfs: reading the root directory failed: %v", p)
+		}
+	}()
+	rd, err := squashfs.NewReader(io.NewSectionReader(r, 0, size))
+	if err != nil {
+		return nil, fmt.Errorf("corrupt squashfs: %s", oneLine(err))
+	}
+	ents, err := rd.ReadDir(".")
+	if err != nil {
+		return nil, fmt.Errorf("corrupt squashfs: root directory unreadable: %s", oneLine(err))
+	}
+	return &Info{
+		BytesUsed:   int64(used),
+		BlockSize:   le.Uint32(sb[12:]),
+		Compression: comp,
+		Inodes:      le.Uint32(sb[4:]),
+		RootEntries: len(ents),
+	}, nil
+}
