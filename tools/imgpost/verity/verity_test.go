@@ -1,0 +1,447 @@
+package verity
+
+import (
+	"bytes"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/Dstack-TEE/meta-dstack/internal/testutil"
+)
+
+// vsFormat runs `veritysetup format` on a copy of the padded data of out (the
+// first dataSize bytes) with the hash area at dataSize, and returns the copy
+// and the root hash veritysetup printed.
+func vsFormat(t *testing.T, out string, dataSize int64, salt, uuid string) (string, string) {
+	t.Helper()
+	cp := out + ".vs"
+	src, err := os.ReadFile(out) // small enough for tests
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(cp, src[:dataSize], 0o644); err != nil {
+		t.Fatal(err)
+	}
+	o := testutil.Run(t, "veritysetup", "format", cp, cp, fmt.Sprintf("--hash-offset=%d", dataSize),
+		"--salt="+salt, "--uuid="+uuid)
+	m := regexp.MustCompile(`(?m)^Root hash:\s+([0-9a-f]{64})$`).FindStringSubmatch(o)
+	if m == nil {
+		t.Fatalf("no root hash in veritysetup format output:\n%s", o)
+	}
+	return cp, m[1]
+}
+
+// vsDump parses `veritysetup dump` into lower-cased keys with underscores.
+func vsDump(t *testing.T, file string, hashOffset int64) map[string]string {
+	t.Helper()
+	o := testutil.Run(t, "veritysetup", "dump", file, fmt.Sprintf("--hash-offset=%d", hashOffset))
+	kv := map[string]string{}
+	for _, line := range strings.Split(o, "\n") {
+		k, v, ok := strings.Cut(line, ":")
+		if !ok || strings.HasPrefix(line, "VERITY header") {
+			continue
+		}
+		kv[strings.ReplaceAll(strings.ToUpper(strings.TrimSpace(k)), " ", "_")] = strings.TrimSpace(v)
+	}
+	return kv
+}
+
+// vsVerify runs `veritysetup verify` and reports whether it accepted the file.
+func vsVerify(t *testing.T, file string, hashOffset int64, root string) (bool, string) {
+	t.Helper()
+	out, err := exec.Command("veritysetup", "verify", file, file, root, fmt.Sprintf("--hash-offset=%d", hashOffset)).CombinedOutput()
+	if err != nil {
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) {
+			t.Fatalf("veritysetup verify: %v", err)
+		}
+		return false, string(out)
+	}
+	return true, string(out)
+}
+
+func flip(t *testing.T, path string, off int64) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	b := make([]byte, 1)
+	if _, err := f.ReadAt(b, off); err != nil {
+		t.Fatal(err)
+	}
+	b[0] ^= 0x01
+	if _, err := f.WriteAt(b, off); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestAgainstVeritysetup is the main cross-check: for squashfs images of one
+// block, of a size not a multiple of 4096, and large enough for three tree
+// levels, veritysetup accepts imgpost's output and root hash, produces the
+// same bytes and root hash itself, and dumps the same fields; flipping a
+// byte of the data, the tree or the padding makes both verifiers fail.
+func TestAgainstVeritysetup(t *testing.T) {
+	testutil.Need(t, "veritysetup", "mksquashfs")
+	dir := t.TempDir()
+	cases := []struct {
+		name    string
+		payload int64
+		nopad   bool
+		levels  int
+	}{
+		{"one-block", 0, false, 0},
+		{"unaligned", 3<<20 + 1234, true, 2},
+		{"three-levels", 65 << 20, true, 3},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			sq := testutil.Squashfs(t, dir, tc.name+".squashfs", tc.payload, 7, tc.nopad)
+			st, err := os.Stat(sq)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tc.nopad && st.Size()%BlockSize == 0 {
+				t.Fatalf("fixture %s is block-aligned (%d bytes); want a tail", sq, st.Size())
+			}
+			if tc.name == "one-block" && st.Size() != BlockSize {
+				t.Fatalf("fixture %s is %d bytes, want one block", sq, st.Size())
+			}
+			out := filepath.Join(dir, tc.name+".verity")
+			p := DefaultParams()
+			info, err := FormatFile(sq, out, p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if g := newGeometry(info.DataBlocks); g.levels != tc.levels {
+				t.Fatalf("tree has %d levels, the case wants %d", g.levels, tc.levels)
+			}
+			ost, err := os.Stat(out)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if ost.Size() != info.Size() {
+				t.Fatalf("OUT is %d bytes, Info.Size says %d", ost.Size(), info.Size())
+			}
+			if want := (st.Size() + BlockSize - 1) / BlockSize * BlockSize; info.DataSize() != want {
+				t.Fatalf("DATA_SIZE %d, want padded size %d", info.DataSize(), want)
+			}
+			root := info.RootHashHex()
+
+			// veritysetup verify accepts OUT with our root hash.
+			if ok, msg := vsVerify(t, out, info.DataSize(), root); !ok {
+				t.Fatalf("veritysetup verify rejected OUT: %s", msg)
+			}
+			// veritysetup format with the same salt and uuid: same root, same bytes.
+			vs, vsRoot := vsFormat(t, out, info.DataSize(), DefaultSaltHex, DefaultUUID)
+			if vsRoot != root {
+				t.Fatalf("root hash: imgpost %s, veritysetup %s", root, vsRoot)
+			}
+			a, _ := os.ReadFile(out)
+			b, _ := os.ReadFile(vs)
+			if !bytes.Equal(a, b) {
+				t.Fatalf("OUT (%d bytes) differs from veritysetup's (%d bytes)", len(a), len(b))
+			}
+			orig, _ := os.ReadFile(sq)
+			if !bytes.Equal(a[:len(orig)], orig) || bytes.ContainsFunc(a[len(orig):info.DataSize()], func(r rune) bool { return r != 0 }) {
+				t.Fatal("OUT's data is not the input followed by zero padding")
+			}
+			// veritysetup dump agrees on every field.
+			d := vsDump(t, out, info.DataSize())
+			want := map[string]string{
+				"UUID": DefaultUUID, "HASH_TYPE": "1", "DATA_BLOCKS": fmt.Sprint(info.DataBlocks),
+				"DATA_BLOCK_SIZE": "4096", "HASH_BLOCKS": fmt.Sprint(info.HashBlocks), "HASH_BLOCK_SIZE": "4096",
+				"HASH_ALGORITHM": "sha256", "SALT": info.SaltHex(),
+			}
+			for k, v := range want {
+				if d[k] != v {
+					t.Errorf("veritysetup dump %s = %q, imgpost says %q", k, d[k], v)
+				}
+			}
+			for k := range d {
+				if _, ok := want[k]; !ok {
+					t.Errorf("veritysetup dump has field %s that the test does not compare", k)
+				}
+			}
+			// Our env agrees with veritysetup's format output, as OE's class would write it.
+			for _, e := range info.Env() {
+				switch e.Key {
+				case "ROOT_HASH":
+					if e.Value != vsRoot {
+						t.Errorf("env ROOT_HASH %s, veritysetup %s", e.Value, vsRoot)
+					}
+				case "DATA_SIZE":
+					if e.Value != fmt.Sprint(info.DataSize()) {
+						t.Errorf("env DATA_SIZE %s", e.Value)
+					}
+				default:
+					if d[e.Key] != e.Value {
+						t.Errorf("env %s=%s, veritysetup %q", e.Key, e.Value, d[e.Key])
+					}
+				}
+			}
+			// Userspace verify accepts it.
+			if _, err := VerifyFile(out, -1, info.RootHash[:]); err != nil {
+				t.Fatalf("Verify: %v", err)
+			}
+
+			// Flips: each must make both verifiers fail, and ours must name the block.
+			g := newGeometry(info.DataBlocks)
+			treeOff := info.DataSize() + BlockSize
+			type flipCase struct {
+				name  string
+				off   int64
+				area  string
+				level int
+				block uint64
+			}
+			flips := []flipCase{
+				{"data-first", 0, "data", 0, 0},
+				{"data-last", st.Size() - 1, "data", 0, info.DataBlocks - 1},
+			}
+			if tail := info.DataSize() - st.Size(); tail > 0 {
+				flips = append(flips, flipCase{"padding", info.DataSize() - 1, "data", 0, info.DataBlocks - 1})
+			}
+			if g.levels > 0 {
+				l0 := treeOff + int64(g.start[0])*BlockSize
+				last := l0 + int64(g.blocks[0]-1)*BlockSize
+				topArea := "hash"
+				if g.levels == 1 {
+					topArea = "root"
+				}
+				flips = append(flips,
+					flipCase{"tree-level0-digest", last + 5, topArea, 0, g.blocks[0] - 1},
+					flipCase{"tree-top", treeOff + 17, "root", g.levels - 1, 0},
+				)
+				if info.DataBlocks%HashesPerBlock != 0 {
+					flips = append(flips, flipCase{"tree-level0-spare", last + BlockSize - 1, topArea, 0, g.blocks[0] - 1})
+				}
+				if g.levels > 2 {
+					mid := treeOff + int64(g.start[1])*BlockSize
+					flips = append(flips, flipCase{"tree-level1", mid + 100, "hash", 1, 0})
+				}
+			}
+			for _, f := range flips {
+				t.Run("flip-"+f.name, func(t *testing.T) {
+					flip(t, out, f.off)
+					defer flip(t, out, f.off)
+					if ok, _ := vsVerify(t, out, info.DataSize(), root); ok {
+						t.Errorf("veritysetup verify accepted a flipped byte at %d", f.off)
+					}
+					_, err := VerifyFile(out, -1, info.RootHash[:])
+					var be *BlockError
+					if !errors.As(err, &be) {
+						t.Fatalf("Verify: want a BlockError, got %v", err)
+					}
+					if be.Area != f.area || (f.area != "root" && (be.Level != f.level || be.Block != f.block)) {
+						t.Errorf("Verify blamed %s level %d block %d, want %s level %d block %d (%v)",
+							be.Area, be.Level, be.Block, f.area, f.level, f.block, err)
+					}
+				})
+			}
+			// After flipping back, both accept again (the flips were real and undone).
+			if ok, msg := vsVerify(t, out, info.DataSize(), root); !ok {
+				t.Fatalf("veritysetup verify after restoring: %s", msg)
+			}
+			// Two runs give the same bytes.
+			out2 := out + ".2"
+			info2, err := FormatFile(sq, out2, p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			c, _ := os.ReadFile(out2)
+			if !bytes.Equal(a, c) || info2.EnvText() != info.EnvText() {
+				t.Fatal("two runs differ")
+			}
+			os.Remove(out2)
+			os.Remove(vs)
+		})
+	}
+}
+
+// TestParamsAgainstVeritysetup checks salts of every allowed length class and a
+// custom UUID, and chunk-boundary data sizes, against veritysetup format.
+func TestParamsAgainstVeritysetup(t *testing.T) {
+	testutil.Need(t, "veritysetup")
+	dir := t.TempDir()
+	long := strings.Repeat("a5", MaxSaltSize)
+	cases := []struct {
+		name       string
+		size       int64
+		salt, uuid string
+	}{
+		{"empty-salt", 5 * BlockSize, "-", DefaultUUID},
+		{"one-byte-salt", 3*BlockSize + 1, "ff", "01234567-89ab-cdef-0123-456789abcdef"},
+		{"max-salt", 300 * BlockSize, long, "ffffffff-0000-1111-2222-333333333333"},
+		{"63-byte-salt", 129 * BlockSize, strings.Repeat("3c", 63), DefaultUUID},
+		{"full-level0-block", 128 * BlockSize, DefaultSaltHex, DefaultUUID},
+		{"chunk-minus-one", int64(ChunkSize) - 1, DefaultSaltHex, DefaultUUID},
+		{"chunk-plus-one", int64(ChunkSize) + 1, DefaultSaltHex, DefaultUUID},
+		{"two-blocks", BlockSize + 1, DefaultSaltHex, DefaultUUID},
+	}
+	for i, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			in := filepath.Join(dir, tc.name)
+			testutil.WriteRandom(t, in, tc.size, uint64(i))
+			salt, err := ParseSalt(tc.salt)
+			if err != nil {
+				t.Fatal(err)
+			}
+			u, err := ParseUUID(tc.uuid)
+			if err != nil {
+				t.Fatal(err)
+			}
+			out := in + ".verity"
+			info, err := FormatFile(in, out, Params{Salt: salt, UUID: u})
+			if err != nil {
+				t.Fatal(err)
+			}
+			vs, vsRoot := vsFormat(t, out, info.DataSize(), tc.salt, tc.uuid)
+			if vsRoot != info.RootHashHex() {
+				t.Fatalf("root hash: imgpost %s, veritysetup %s", info.RootHashHex(), vsRoot)
+			}
+			a, _ := os.ReadFile(out)
+			b, _ := os.ReadFile(vs)
+			if !bytes.Equal(a, b) {
+				t.Fatalf("OUT differs from veritysetup's output")
+			}
+			d := vsDump(t, out, info.DataSize())
+			if d["SALT"] != info.SaltHex() || d["UUID"] != tc.uuid || d["UUID"] != FormatUUID(info.UUID) {
+				t.Fatalf("dump salt %q uuid %q; imgpost %q %q", d["SALT"], d["UUID"], info.SaltHex(), FormatUUID(info.UUID))
+			}
+			if _, err := VerifyFile(out, -1, info.RootHash[:]); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+func TestParseSalt(t *testing.T) {
+	cases := []struct {
+		in   string
+		ok   bool
+		size int
+	}{
+		{"-", true, 0},
+		{"", true, 0},
+		{"00", true, 1},
+		{DefaultSaltHex, true, 32},
+		{strings.Repeat("ab", MaxSaltSize), true, MaxSaltSize},
+		{strings.Repeat("ab", MaxSaltSize+1), false, 0},
+		{"abc", false, 0},
+		{"zz", false, 0},
+		{"0x00", false, 0},
+	}
+	for _, tc := range cases {
+		b, err := ParseSalt(tc.in)
+		if (err == nil) != tc.ok || (tc.ok && len(b) != tc.size) {
+			t.Errorf("ParseSalt(%.20q) = %d bytes, %v; want ok=%v size %d", tc.in, len(b), err, tc.ok, tc.size)
+		}
+	}
+}
+
+func TestParseUUID(t *testing.T) {
+	for _, s := range []string{DefaultUUID, "01234567-89ab-cdef-0123-456789abcdef"} {
+		u, err := ParseUUID(s)
+		if err != nil || FormatUUID(u) != s {
+			t.Errorf("ParseUUID(%q) round trip: %q, %v", s, FormatUUID(u), err)
+		}
+	}
+	for _, s := range []string{"", "0123456789abcdef0123456789abcdef", "0123456-789ab-cdef-0123-456789abcdef", "g1234567-89ab-cdef-0123-456789abcdef"} {
+		if _, err := ParseUUID(s); err == nil {
+			t.Errorf("ParseUUID(%q): no error", s)
+		}
+	}
+}
+
+// TestHashOffsetForSize checks that the offset is found back from the size of
+// what Format writes, for sizes around every level boundary.
+func TestHashOffsetForSize(t *testing.T) {
+	for _, n := range []uint64{1, 2, 127, 128, 129, 16383, 16384, 16385, 1 << 21, 1<<21 + 1} {
+		info := &Info{DataBlocks: n, HashBlocks: newGeometry(n).total}
+		got, err := HashOffsetForSize(info.Size())
+		if err != nil || got != info.DataSize() {
+			t.Errorf("%d blocks: HashOffsetForSize(%d) = %d, %v; want %d", n, info.Size(), got, err, info.DataSize())
+		}
+	}
+	for _, size := range []int64{0, 4096, 4097, 3 * 4096} {
+		if _, err := HashOffsetForSize(size); err == nil {
+			t.Errorf("HashOffsetForSize(%d): no error", size)
+		}
+	}
+}
+
+// TestVerifyRejects covers what is not a bit flip: a wrong root hash, a
+// truncated file, a missing superblock.
+func TestVerifyRejects(t *testing.T) {
+	dir := t.TempDir()
+	in := filepath.Join(dir, "data")
+	testutil.WriteRandom(t, in, 200*BlockSize+7, 3)
+	out := in + ".verity"
+	info, err := FormatFile(in, out, DefaultParams())
+	if err != nil {
+		t.Fatal(err)
+	}
+	wrong := bytes.Clone(info.RootHash[:])
+	wrong[0] ^= 1
+	if _, err := VerifyFile(out, -1, wrong); err == nil || !strings.Contains(err.Error(), "root hash mismatch") {
+		t.Errorf("wrong root hash: %v", err)
+	}
+	if _, err := VerifyFile(out, info.DataSize()-BlockSize, info.RootHash[:]); err == nil || !strings.Contains(err.Error(), "no verity superblock") {
+		t.Errorf("wrong hash offset: %v", err)
+	}
+	b, _ := os.ReadFile(out)
+	short := filepath.Join(dir, "short")
+	os.WriteFile(short, b[:len(b)-BlockSize], 0o644)
+	if _, err := VerifyFile(short, info.DataSize(), info.RootHash[:]); err == nil || !strings.Contains(err.Error(), "file too short") {
+		t.Errorf("truncated: %v", err)
+	}
+	if _, err := VerifyFile(short, -1, info.RootHash[:]); err == nil {
+		t.Errorf("truncated, offset from size: no error")
+	}
+	if _, err := ParseRootHash(hex.EncodeToString(wrong[:31])); err == nil {
+		t.Error("short root hash accepted")
+	}
+}
+
+// TestFormatFileRejects checks FormatFile's own refusals leave nothing behind.
+func TestFormatFileRejects(t *testing.T) {
+	dir := t.TempDir()
+	in := filepath.Join(dir, "data")
+	testutil.WriteRandom(t, in, 10000, 1)
+	empty := filepath.Join(dir, "empty")
+	os.WriteFile(empty, nil, 0o644)
+	cases := []struct{ name, in, out, want string }{
+		{"empty", empty, filepath.Join(dir, "o1"), "empty file"},
+		{"missing", filepath.Join(dir, "nope"), filepath.Join(dir, "o2"), "no such file"},
+		{"directory", dir, filepath.Join(dir, "o3"), "not a regular file"},
+		{"out-is-in", in, in, "is the input"},
+		{"out-is-in-other-name", in, filepath.Join(dir, ".", "data"), "is the input"},
+		{"out-dir-missing", in, filepath.Join(dir, "no", "o4"), "no such file"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := FormatFile(tc.in, tc.out, DefaultParams())
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("err = %v, want %q", err, tc.want)
+			}
+		})
+	}
+	ents, _ := os.ReadDir(dir)
+	if len(ents) != 2 {
+		for _, e := range ents {
+			t.Log(e.Name())
+		}
+		t.Fatalf("%d entries in the directory, want only the 2 inputs", len(ents))
+	}
+	if b, _ := os.ReadFile(in); len(b) != 10000 {
+		t.Fatal("input modified")
+	}
+}
