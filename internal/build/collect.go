@@ -1,0 +1,174 @@
+package build
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/atomicfile"
+)
+
+// DeployDirs lists the deploy directories of every multiconfig's TMPDIR:
+// <BuildDir>/tmp*/deploy/images/<Machine>, sorted.
+func (c *Collect) DeployDirs() ([]string, error) {
+	dirs, err := filepath.Glob(filepath.Join(c.BuildDir, "tmp*", "deploy", "images", c.Machine))
+	if err != nil {
+		return nil, err
+	}
+	sort.Strings(dirs)
+	return dirs, nil
+}
+
+// CollectOutputs copies the imgpost dist outputs of every deploy directory
+// into ImagesDir in the seed's layout: each <dist>-<ver>/ directory holding a
+// metadata.json, plus <dist>-<ver>.tar.gz and (unless SkipGCP)
+// <dist>-<ver>-gcp.tar.gz beside it. Files are hard-linked when possible,
+// else copied; each lands under its final name only when complete. It returns
+// one line per collected item.
+func CollectOutputs(c *Collect) ([]string, error) {
+	dirs, err := c.DeployDirs()
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(c.ImagesDir, 0o755); err != nil {
+		return nil, fmt.Errorf("images directory %s: %w", c.ImagesDir, err)
+	}
+	var done []string
+	for _, d := range dirs {
+		ents, err := os.ReadDir(d)
+		if err != nil {
+			return nil, fmt.Errorf("deploy directory %s: %w", d, err)
+		}
+		for _, e := range ents {
+			src := filepath.Join(d, e.Name())
+			st, err := os.Stat(src) // follows BitBake's "latest" symlinks
+			if err != nil || !st.IsDir() {
+				continue
+			}
+			if _, err := os.Stat(filepath.Join(src, "metadata.json")); err != nil {
+				continue
+			}
+			name := e.Name()
+			if err := copyTree(src, filepath.Join(c.ImagesDir, name), c.SkipGCP); err != nil {
+				return nil, err
+			}
+			done = append(done, fmt.Sprintf("%s/ <- %s", filepath.Join(c.ImagesDir, name), src))
+			tars := []string{name + ".tar.gz"}
+			if !c.SkipGCP {
+				tars = append(tars, name+"-gcp.tar.gz")
+			}
+			for _, t := range tars {
+				ts := filepath.Join(d, t)
+				if _, err := os.Stat(ts); err != nil {
+					continue
+				}
+				if err := placeFile(ts, filepath.Join(c.ImagesDir, t)); err != nil {
+					return nil, err
+				}
+				done = append(done, fmt.Sprintf("%s <- %s", filepath.Join(c.ImagesDir, t), ts))
+			}
+		}
+	}
+	if len(done) == 0 {
+		return nil, fmt.Errorf("BitBake finished but no imgpost dist output was found (a <dist>-<version>/metadata.json) in %s",
+			filepath.Join(c.BuildDir, "tmp*", "deploy", "images", c.Machine))
+	}
+	return done, nil
+}
+
+// copyTree copies directory src to dst: it builds a temporary sibling and
+// swaps it in, so dst is never half-populated.
+func copyTree(src, dst string, skipGCP bool) error {
+	parent := filepath.Dir(dst)
+	tmp, err := os.MkdirTemp(parent, "."+filepath.Base(dst)+".tmp-")
+	if err != nil {
+		return fmt.Errorf("collect %s: %w", dst, err)
+	}
+	defer os.RemoveAll(tmp)
+	err = filepath.WalkDir(src, func(p string, d os.DirEntry, err error) error {
+		if err != nil {
+			return fmt.Errorf("collect %s: %w", p, err)
+		}
+		r, _ := filepath.Rel(src, p)
+		if r == "." {
+			return nil
+		}
+		if skipGCP && (r == "gcp" || strings.HasPrefix(r, "gcp"+string(filepath.Separator))) {
+			if d.IsDir() {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		out := filepath.Join(tmp, r)
+		st, err := os.Stat(p)
+		if err != nil {
+			return fmt.Errorf("collect %s: %w", p, err)
+		}
+		if st.IsDir() {
+			return os.MkdirAll(out, 0o755)
+		}
+		return placeFile(p, out)
+	})
+	if err != nil {
+		return err
+	}
+	if err := os.Chmod(tmp, 0o755); err != nil {
+		return err
+	}
+	old := ""
+	if _, err := os.Lstat(dst); err == nil {
+		old = tmp + ".old"
+		if err := os.Rename(dst, old); err != nil {
+			return fmt.Errorf("collect %s: %w", dst, err)
+		}
+	}
+	if err := os.Rename(tmp, dst); err != nil {
+		if old != "" {
+			os.Rename(old, dst)
+		}
+		return fmt.Errorf("collect %s: %w", dst, err)
+	}
+	if old != "" {
+		return os.RemoveAll(old)
+	}
+	return nil
+}
+
+// placeFile puts a copy of src at dst: a hard link when both are on one
+// filesystem (disk images are large), else a streamed copy; atomically.
+func placeFile(src, dst string) error {
+	real, err := filepath.EvalSymlinks(src)
+	if err != nil {
+		return fmt.Errorf("collect %s: %w", src, err)
+	}
+	tmp := filepath.Join(filepath.Dir(dst), "."+filepath.Base(dst)+".link")
+	os.Remove(tmp)
+	if err := os.Link(real, tmp); err == nil {
+		if err := os.Rename(tmp, dst); err != nil {
+			os.Remove(tmp)
+			return fmt.Errorf("collect %s: %w", dst, err)
+		}
+		return nil
+	}
+	in, err := os.Open(real)
+	if err != nil {
+		return fmt.Errorf("collect %s: %w", src, err)
+	}
+	defer in.Close()
+	st, err := in.Stat()
+	if err != nil {
+		return fmt.Errorf("collect %s: %w", src, err)
+	}
+	f, err := atomicfile.Create(dst, st.Mode().Perm())
+	if err != nil {
+		return err
+	}
+	defer f.Abort()
+	if _, err := io.Copy(f, in); err != nil {
+		return fmt.Errorf("copy %s to %s: %w", src, dst, err)
+	}
+	return f.Commit()
+}
