@@ -26,6 +26,7 @@ const (
 	modeDir     = 0o040000
 	modeRegular = 0o100000
 	modeSymlink = 0o120000
+	modeCharDev = 0o020000
 	trailerName = "TRAILER!!!"
 )
 
@@ -47,6 +48,7 @@ type Writer struct {
 	ino    uint32
 	n      int64 // bytes of cpio written (before compression)
 	seen   map[string]bool
+	rdev   [2]uint32 // device numbers of the entry being written
 	closed bool
 	err    error
 }
@@ -188,6 +190,22 @@ func (w *Writer) AddSymlink(name, target string) error {
 	return w.entry(n, modeSymlink|0o777, 1, strings.NewReader(target), int64(len(target)))
 }
 
+// AddCharDevice adds a character device node, for example
+// AddCharDevice("/dev/console", 0o600, 5, 1): the kernel opens /dev/console
+// for init before any devtmpfs is mounted, so an initramfs needs that node.
+func (w *Writer) AddCharDevice(name string, perm os.FileMode, major, minor uint32) error {
+	n, err := clean(name)
+	if err != nil {
+		return err
+	}
+	if err := w.claim(n); err != nil {
+		return err
+	}
+	w.rdev = [2]uint32{major, minor}
+	defer func() { w.rdev = [2]uint32{} }()
+	return w.entry(n, modeCharDev|uint32(perm.Perm()), 1, nil, 0)
+}
+
 var zeros [4]byte
 
 func pad4(n int64) int64 { return (4 - n%4) % 4 }
@@ -218,7 +236,7 @@ func (w *Writer) entry(name string, mode, nlink uint32, data io.Reader, size int
 		ino = w.ino
 	}
 	hdr := fmt.Sprintf("070701%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X",
-		ino, mode, 0, 0, nlink, w.opts.Mtime, uint32(size), 0, 0, 0, 0, len(name)+1, 0)
+		ino, mode, 0, 0, nlink, w.opts.Mtime, uint32(size), 0, 0, w.rdev[0], w.rdev[1], len(name)+1, 0)
 	if err := w.write([]byte(hdr + name + "\x00")); err != nil {
 		return err
 	}
@@ -317,4 +335,33 @@ func AddBusyboxFrom(w *Writer, hostPath, dest string) error {
 		}
 	}
 	return nil
+}
+
+// BusyboxImage writes a complete small initramfs to out: /dev/console,
+// empty /proc, /sys, /dev, /tmp, /root mount points, the host's static busybox with
+// its applet links, and /init holding the given shell script (it should
+// start with "#!/bin/sh"). With gz the archive is gzipped.
+func BusyboxImage(out io.Writer, init string, gz bool) error {
+	w, err := NewWriter(out, Options{Gzip: gz})
+	if err != nil {
+		return err
+	}
+	for _, d := range []string{"/dev", "/proc", "/sys", "/tmp", "/root", "/run"} {
+		if err := w.AddDir(d, 0o755); err != nil {
+			return err
+		}
+	}
+	if err := w.AddCharDevice("/dev/console", 0o600, 5, 1); err != nil {
+		return err
+	}
+	if err := w.AddCharDevice("/dev/null", 0o666, 1, 3); err != nil {
+		return err
+	}
+	if err := AddBusybox(w, "/bin/busybox"); err != nil {
+		return err
+	}
+	if err := w.AddFile("/init", []byte(init), 0o755); err != nil {
+		return err
+	}
+	return w.Close()
 }

@@ -28,6 +28,7 @@ func build(t *testing.T, opts Options, host string) []byte {
 		func() error { return w.AddSymlink("/bin/sh", "busybox") },
 		func() error { return w.AddFileFrom("/data/blob", host) },
 		func() error { return w.AddDir("/etc", 0o700) }, // exists already: no-op
+		func() error { return w.AddCharDevice("/dev/console", 0o600, 5, 1) },
 	}
 	for i, s := range steps {
 		if err := s(); err != nil {
@@ -107,11 +108,17 @@ func TestGNUCpioReadsIt(t *testing.T) {
 					t.Errorf("owner not 0:0: %s", l)
 				}
 				names = append(names, f[len(f)-1])
+				if f[0][0] == 'c' {
+					// crw------- 1 0 0 5, 1 Jan 1 1970 dev/console
+					if f[0] != "crw-------" || f[4] != "5," || f[5] != "1" {
+						t.Errorf("device node: %s", l)
+					}
+				}
 				if f[0][0] == 'l' {
 					names[len(names)-1] = f[len(f)-3]
 				}
 			}
-			want := "dev init etc etc/deep etc/deep/nested etc/deep/nested/conf empty bin bin/sh data data/blob"
+			want := "dev init etc etc/deep etc/deep/nested etc/deep/nested/conf empty bin bin/sh data data/blob dev/console"
 			if got := strings.Join(names, " "); got != want {
 				t.Fatalf("order:\n got %s\nwant %s", got, want)
 			}
