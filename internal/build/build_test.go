@@ -126,6 +126,7 @@ func TestBuildRunsPinnedFetchesConfigAndBitBake(t *testing.T) {
 	f.env["SSTATE_MIRRORS"] = "file://.* https://sstate.example.com/PATH;downloadfilename=PATH"
 	f.env["BB_HASHSERVE"] = "auto"
 	f.env["SOURCE_DATE_EPOCH"] = "1700000000"
+	f.env["DSTACK_GIT_REVISION"] = "0123456789abcdef0123456789abcdef01234567"
 	if err := Build(context.Background(), f.Env(okHost())); err != nil {
 		t.Fatalf("Build: %v\nstdout:\n%s\nstderr:\n%s", err, f.stdout.String(), f.stderr.String())
 	}
@@ -169,6 +170,7 @@ func TestBuildRunsPinnedFetchesConfigAndBitBake(t *testing.T) {
 		`BBMULTICONFIG = "prod dev"`, `ENABLE_GCP_IMAGE = "1"`, `DL_DIR = "/srv/yocto/downloads"`,
 		`SSTATE_MIRRORS = "file://.* https://sstate.example.com/PATH;downloadfilename=PATH"`,
 		`BB_HASHSERVE = "auto"`, `REPRODUCIBLE_TIMESTAMP_ROOTFS = "1700000000"`,
+		`DSTACK_GIT_REVISION = "0123456789abcdef0123456789abcdef01234567"`,
 	} {
 		if !strings.Contains(auto, w+"\n") {
 			t.Errorf("auto.conf lacks %s:\n%s", w, auto)
@@ -186,7 +188,8 @@ func TestBuildRunsPinnedFetchesConfigAndBitBake(t *testing.T) {
 
 	// The outputs collected into images/ in the seed's layout, and only those.
 	dist := f.vals.DistName()
-	for _, p := range []string{dist + "/metadata.json", dist + "/bzImage", dist + "/gcp/disk.raw", dist + ".tar.gz", dist + "-gcp.tar.gz"} {
+	devDist := f.vals.Distro.Name + "-dev-" + f.vals.Distro.Version
+	for _, p := range []string{dist + "/metadata.json", dist + "/bzImage", dist + "/gcp/disk.raw", dist + ".tar.gz", dist + "-gcp.tar.gz", devDist + "/metadata.json"} {
 		if _, err := os.Stat(filepath.Join(f.root, "images", p)); err != nil {
 			t.Errorf("images/%s not collected: %v", p, err)
 		}
@@ -200,6 +203,28 @@ func TestBuildRunsPinnedFetchesConfigAndBitBake(t *testing.T) {
 		if !strings.Contains(out, w) {
 			t.Errorf("stdout lacks %q:\n%s", w, out)
 		}
+	}
+}
+
+func TestCollectRefusesClashingFlavors(t *testing.T) {
+	dir := t.TempDir()
+	for _, tmp := range []string{"tmp-prod", "tmp-dev"} {
+		d := filepath.Join(dir, "build", tmp, "deploy/images/m/dstack-dist/dstack-1.0")
+		os.MkdirAll(d, 0o755)
+		os.WriteFile(filepath.Join(d, "metadata.json"), []byte("{}"), 0o644)
+	}
+	_, err := CollectOutputs(&Collect{BuildDir: filepath.Join(dir, "build"), Machine: "m", ImagesDir: filepath.Join(dir, "images")})
+	if err == nil || !strings.Contains(err.Error(), "two builds produced dstack-1.0") {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+func TestCollectNothingFound(t *testing.T) {
+	dir := t.TempDir()
+	os.MkdirAll(filepath.Join(dir, "build/tmp-prod/deploy/images/m/dstack-dist"), 0o755)
+	_, err := CollectOutputs(&Collect{BuildDir: filepath.Join(dir, "build"), Machine: "m", ImagesDir: filepath.Join(dir, "images")})
+	if err == nil || !strings.Contains(err.Error(), "no imgpost dist output") {
+		t.Fatalf("err = %v", err)
 	}
 }
 

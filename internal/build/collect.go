@@ -11,12 +11,23 @@ import (
 	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/atomicfile"
 )
 
-// DeployDirs lists the deploy directories of every multiconfig's TMPDIR:
-// <BuildDir>/tmp*/deploy/images/<Machine>, sorted.
+// DeployDirs lists where the image class leaves imgpost dist output in every
+// multiconfig's TMPDIR: <BuildDir>/tmp*/deploy/images/<Machine>/dstack-dist
+// (the class's sstate output directory) and the deploy directory itself,
+// sorted.
 func (c *Collect) DeployDirs() ([]string, error) {
-	dirs, err := filepath.Glob(filepath.Join(c.BuildDir, "tmp*", "deploy", "images", c.Machine))
-	if err != nil {
-		return nil, err
+	base := filepath.Join(c.BuildDir, "tmp*", "deploy", "images", c.Machine)
+	var dirs []string
+	for _, pat := range []string{base, filepath.Join(base, "dstack-dist")} {
+		m, err := filepath.Glob(pat)
+		if err != nil {
+			return nil, err
+		}
+		for _, d := range m {
+			if st, err := os.Stat(d); err == nil && st.IsDir() {
+				dirs = append(dirs, d)
+			}
+		}
 	}
 	sort.Strings(dirs)
 	return dirs, nil
@@ -37,6 +48,7 @@ func CollectOutputs(c *Collect) ([]string, error) {
 		return nil, fmt.Errorf("images directory %s: %w", c.ImagesDir, err)
 	}
 	var done []string
+	from := map[string]string{} // collected name -> its source, to catch two flavors clashing
 	for _, d := range dirs {
 		ents, err := os.ReadDir(d)
 		if err != nil {
@@ -52,6 +64,10 @@ func CollectOutputs(c *Collect) ([]string, error) {
 				continue
 			}
 			name := e.Name()
+			if prev, dup := from[name]; dup {
+				return nil, fmt.Errorf("two builds produced %s: %s and %s (give the flavors distinct dist names)", name, prev, src)
+			}
+			from[name] = src
 			if err := copyTree(src, filepath.Join(c.ImagesDir, name), c.SkipGCP); err != nil {
 				return nil, err
 			}
@@ -74,7 +90,7 @@ func CollectOutputs(c *Collect) ([]string, error) {
 	}
 	if len(done) == 0 {
 		return nil, fmt.Errorf("BitBake finished but no imgpost dist output was found (a <dist>-<version>/metadata.json) in %s",
-			filepath.Join(c.BuildDir, "tmp*", "deploy", "images", c.Machine))
+			filepath.Join(c.BuildDir, "tmp*", "deploy", "images", c.Machine, "dstack-dist"))
 	}
 	return done, nil
 }

@@ -113,6 +113,10 @@ func Configure(e *Env) (*Setup, error) {
 			return nil, fmt.Errorf("SOURCE_DATE_EPOCH=%q: want a positive number of seconds", s)
 		}
 	}
+	c.GitRevision = e.get("DSTACK_GIT_REVISION")
+	if strings.ContainsAny(c.GitRevision, "\"\\\n ") {
+		return nil, fmt.Errorf("DSTACK_GIT_REVISION=%q: want a plain revision", c.GitRevision)
+	}
 	s := &Setup{Config: c}
 	if s.Dry, err = e.boolEnv("DSTACK_DRY_RUN", false); err != nil {
 		return nil, err

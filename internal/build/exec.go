@@ -225,7 +225,7 @@ func (x *Executor) collectStep(s Step) error {
 		if !c.SkipGCP {
 			fmt.Fprintf(x.Stdout, ", -gcp.tar.gz")
 		}
-		fmt.Fprintf(x.Stdout, "\n    from %s\n    into %s\n", filepath.Join(c.BuildDir, "tmp*", "deploy", "images", c.Machine), c.ImagesDir)
+		fmt.Fprintf(x.Stdout, "\n    from %s\n    into %s\n", filepath.Join(c.BuildDir, "tmp*", "deploy", "images", c.Machine, "dstack-dist"), c.ImagesDir)
 		return nil
 	}
 	got, err := CollectOutputs(c)

@@ -108,6 +108,8 @@ type Config struct {
 	// SourceDateEpoch, when non-zero, fixes the rootfs timestamp
 	// (REPRODUCIBLE_TIMESTAMP_ROOTFS); repro-build sets it to the commit time.
 	SourceDateEpoch int64
+	// GitRevision is recorded in metadata.json (DSTACK_GIT_REVISION).
+	GitRevision string
 
 	Container *Container // nil: run natively
 }
@@ -321,6 +323,9 @@ func (c *Config) autoConf() []byte {
 		if kv.v != "" {
 			fmt.Fprintf(&b, "%s = \"%s\"\n", kv.k, strings.ReplaceAll(kv.v, `"`, `\"`))
 		}
+	}
+	if c.GitRevision != "" {
+		fmt.Fprintf(&b, "DSTACK_GIT_REVISION = \"%s\"\n", c.GitRevision)
 	}
 	if c.SourceDateEpoch != 0 {
 		fmt.Fprintf(&b, "REPRODUCIBLE_TIMESTAMP_ROOTFS = \"%d\"\n", c.SourceDateEpoch)
