@@ -13,8 +13,8 @@
 #   /dev/disk/by-partlabel/X, /dev/disk/by-partuuid/X  same as PARTLABEL=X, PARTUUID=X
 #   any other absolute path   used as is once it exists
 #   PARTLABEL=NAME            GPT partition name (sysfs uevent PARTNAME)
-#   PARTUUID=UUID             GPT unique partition GUID (read from the GPT on the
-#                             parent disk; MBR disks: SSSSSSSS-PP), any case
+#   PARTUUID=UUID             GPT unique partition GUID (read from the primary GPT
+#                             of the parent disk), any case
 # Specs holding glob or shell characters (* ? [ ] space, quotes, ...) are refused:
 # nothing is ever expanded.
 #
@@ -227,7 +227,7 @@ dstack_le() {
 }
 
 # dstack_partuuid NAME: the PARTUUID (lowercase) of partition NAME, read from
-# the GPT (or, without one, the MBR) of its parent disk.
+# the primary GPT of its parent disk (MBR disks are not supported).
 dstack_partuuid() {
 	dstack_is_partition "$1" || return 1
 	_dpu_disk=$(dstack_parent "$1") || return 1
@@ -254,11 +254,7 @@ dstack_partuuid() {
 			"$9" "${10}" "${11}" "${12}" "${13}" "${14}" "${15}" "${16}"
 		return 0
 	fi
-	[ "$(dstack_devbytes "$_dpu_dev" 512 0 510 2)" = "55 aa" ] || return 1
-	# shellcheck disable=SC2046
-	set -- $(dstack_devbytes "$_dpu_dev" 512 0 440 4)
-	[ "$#" -eq 4 ] || return 1
-	printf '%s%s%s%s-%02x\n' "$4" "$3" "$2" "$1" "$_dpu_num"
+	return 1
 }
 
 # dstack_node NAME: make sure $DSTACK_DEV/NAME exists (mknod from sysfs "dev"
@@ -352,10 +348,10 @@ dstack_find() {
 	return 0
 }
 
-# dstack_resolve SPEC [TIMEOUT]: wait up to TIMEOUT seconds (default
-# $DSTACK_DEVICE_TIMEOUT; 0 = look once) for SPEC to appear and set
-# DSTACK_FOUND. On failure DSTACK_ERR names the spec, the time waited and the
-# block devices seen.
+# dstack_resolve SPEC [TIMEOUT]: wait for SPEC to appear and set DSTACK_FOUND.
+# TIMEOUT is in whole seconds (default $DSTACK_DEVICE_TIMEOUT); the wait lasts
+# between TIMEOUT and TIMEOUT+1 s, and 0 means look once. On failure
+# DSTACK_ERR names the spec, the time waited and the block devices seen.
 dstack_resolve() {
 	DSTACK_FOUND=
 	DSTACK_ERR=
@@ -374,7 +370,8 @@ dstack_resolve() {
 		0) return 0 ;;
 		2) return 1 ;;
 		esac
-		[ "$(date +%s)" -ge "$_dre_deadline" ] && break
+		[ "$_dre_timeout" -eq 0 ] && break
+		[ "$(date +%s)" -gt "$_dre_deadline" ] && break
 		sleep 0.2
 	done
 	DSTACK_ERR="device $1 not found after ${_dre_timeout}s; block devices seen: $(dstack_seen)"
