@@ -1,0 +1,332 @@
+package disk
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"os"
+	"path"
+	"strings"
+	"unicode/utf16"
+
+	"github.com/diskfs/go-diskfs/filesystem/fat12"
+	"github.com/diskfs/go-diskfs/filesystem/fat32"
+)
+
+// Partition is one GPT entry as found on a disk.
+type Partition struct {
+	Index    int    // 1-based slot in the entry array
+	Name     string // GPT partition name (PARTLABEL)
+	Type     string // type GUID, upper case
+	GUID     string // unique partition GUID (PARTUUID), upper case
+	FirstLBA uint64
+	LastLBA  uint64 // inclusive
+	Offset   int64  // FirstLBA * 512
+	Size     int64  // (LastLBA-FirstLBA+1) * 512
+}
+
+// Disk is a GPT disk image opened for reading.
+type Disk struct {
+	r      io.ReaderAt
+	closer io.Closer
+	name   string
+	Size   int64  // bytes
+	GUID   string // disk GUID, upper case
+	FirstUsable, LastUsable,
+	BackupLBA uint64 // from the primary header
+	Partitions []Partition // in slot order
+	entries    []byte      // raw primary entry array
+	entriesLBA uint64
+}
+
+// Open opens a disk image file and reads its primary GPT.
+func Open(p string) (*Disk, error) {
+	f, err := os.Open(p)
+	if err != nil {
+		return nil, err
+	}
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	d, err := NewReader(f, st.Size(), p)
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	d.closer = f
+	return d, nil
+}
+
+// Close closes the file Open opened.
+func (d *Disk) Close() error {
+	if d.closer != nil {
+		return d.closer.Close()
+	}
+	return nil
+}
+
+// Name is the name given to NewReader (the path for Open).
+func (d *Disk) Name() string { return d.name }
+
+// NewReader reads the primary GPT of a disk image of size bytes held in r;
+// name is used in errors.
+func NewReader(r io.ReaderAt, size int64, name string) (*Disk, error) {
+	d := &Disk{r: r, name: name, Size: size}
+	if size < 67*SectorSize || size%SectorSize != 0 {
+		return nil, fmt.Errorf("%s: %d bytes is not a GPT disk (too small or not whole sectors)", name, size)
+	}
+	h, err := d.readHeader(1)
+	if err != nil {
+		return nil, fmt.Errorf("%s: primary GPT: %w", name, err)
+	}
+	d.GUID, d.FirstUsable, d.LastUsable, d.BackupLBA = h.diskGUID, h.firstUsable, h.lastUsable, h.alternate
+	d.entries, d.entriesLBA = h.entries, h.entriesLBA
+	for i := 0; i < int(h.numEntries); i++ {
+		e := h.entries[i*int(h.entrySize) : (i+1)*int(h.entrySize)]
+		if allZero(e[:16]) {
+			continue
+		}
+		p := Partition{
+			Index:    i + 1,
+			Type:     guidString(e[0:16]),
+			GUID:     guidString(e[16:32]),
+			FirstLBA: binary.LittleEndian.Uint64(e[32:40]),
+			LastLBA:  binary.LittleEndian.Uint64(e[40:48]),
+			Name:     utf16Name(e[56:128]),
+		}
+		if p.LastLBA < p.FirstLBA {
+			return nil, fmt.Errorf("%s: partition %d ends (LBA %d) before it starts (LBA %d)", name, p.Index, p.LastLBA, p.FirstLBA)
+		}
+		p.Offset = int64(p.FirstLBA) * SectorSize
+		p.Size = int64(p.LastLBA-p.FirstLBA+1) * SectorSize
+		d.Partitions = append(d.Partitions, p)
+	}
+	return d, nil
+}
+
+type gptHeader struct {
+	my, alternate           uint64
+	firstUsable, lastUsable uint64
+	diskGUID                string
+	entriesLBA              uint64
+	numEntries, entrySize   uint32
+	entries                 []byte
+}
+
+func (d *Disk) readHeader(lba uint64) (*gptHeader, error) {
+	b := make([]byte, SectorSize)
+	if _, err := d.r.ReadAt(b, int64(lba)*SectorSize); err != nil {
+		return nil, fmt.Errorf("read LBA %d: %w", lba, err)
+	}
+	if string(b[0:8]) != "EFI PART" {
+		return nil, fmt.Errorf("no \"EFI PART\" signature at LBA %d", lba)
+	}
+	hsize := binary.LittleEndian.Uint32(b[12:16])
+	if hsize < 92 || hsize > SectorSize {
+		return nil, fmt.Errorf("header size %d at LBA %d", hsize, lba)
+	}
+	want := binary.LittleEndian.Uint32(b[16:20])
+	hb := append([]byte(nil), b[:hsize]...)
+	copy(hb[16:20], []byte{0, 0, 0, 0})
+	if got := crc32.ChecksumIEEE(hb); got != want {
+		return nil, fmt.Errorf("header CRC at LBA %d is %08x, computed %08x", lba, want, got)
+	}
+	h := &gptHeader{
+		my:          binary.LittleEndian.Uint64(b[24:32]),
+		alternate:   binary.LittleEndian.Uint64(b[32:40]),
+		firstUsable: binary.LittleEndian.Uint64(b[40:48]),
+		lastUsable:  binary.LittleEndian.Uint64(b[48:56]),
+		diskGUID:    guidString(b[56:72]),
+		entriesLBA:  binary.LittleEndian.Uint64(b[72:80]),
+		numEntries:  binary.LittleEndian.Uint32(b[80:84]),
+		entrySize:   binary.LittleEndian.Uint32(b[84:88]),
+	}
+	if h.my != lba {
+		return nil, fmt.Errorf("header at LBA %d says it is at LBA %d", lba, h.my)
+	}
+	if h.entrySize < 128 || h.entrySize%8 != 0 || h.numEntries == 0 || h.numEntries > 1024 {
+		return nil, fmt.Errorf("bad entry array (%d entries of %d bytes) in header at LBA %d", h.numEntries, h.entrySize, lba)
+	}
+	h.entries = make([]byte, int(h.numEntries)*int(h.entrySize))
+	if int64(h.entriesLBA)*SectorSize+int64(len(h.entries)) > d.Size {
+		return nil, fmt.Errorf("entry array at LBA %d runs past the end of the disk", h.entriesLBA)
+	}
+	if _, err := d.r.ReadAt(h.entries, int64(h.entriesLBA)*SectorSize); err != nil {
+		return nil, fmt.Errorf("read entry array at LBA %d: %w", h.entriesLBA, err)
+	}
+	if got, want := crc32.ChecksumIEEE(h.entries), binary.LittleEndian.Uint32(b[88:92]); got != want {
+		return nil, fmt.Errorf("entry array CRC (header at LBA %d) is %08x, computed %08x", lba, want, got)
+	}
+	return h, nil
+}
+
+// Verify checks the GPT thoroughly: the protective MBR, the backup header at
+// the last sector with the same partitions, usable range, partitions inside
+// it and not overlapping. It returns the first problem found.
+func (d *Disk) Verify() error {
+	mbr := make([]byte, SectorSize)
+	if _, err := d.r.ReadAt(mbr, 0); err != nil {
+		return fmt.Errorf("%s: read MBR: %w", d.name, err)
+	}
+	if mbr[510] != 0x55 || mbr[511] != 0xaa {
+		return fmt.Errorf("%s: no MBR boot signature", d.name)
+	}
+	if mbr[446+4] != 0xee || binary.LittleEndian.Uint32(mbr[446+8:]) != 1 {
+		return fmt.Errorf("%s: MBR has no protective (type 0xEE, from LBA 1) partition", d.name)
+	}
+	last := uint64(d.Size/SectorSize) - 1
+	if d.BackupLBA != last {
+		return fmt.Errorf("%s: primary GPT puts the backup at LBA %d, the last sector is %d", d.name, d.BackupLBA, last)
+	}
+	bk, err := d.readHeader(last)
+	if err != nil {
+		return fmt.Errorf("%s: backup GPT: %w", d.name, err)
+	}
+	if bk.alternate != 1 || bk.diskGUID != d.GUID || bk.firstUsable != d.FirstUsable || bk.lastUsable != d.LastUsable {
+		return fmt.Errorf("%s: backup GPT header disagrees with the primary", d.name)
+	}
+	if !bytes.Equal(bk.entries, d.entries) {
+		return fmt.Errorf("%s: backup GPT partition entries differ from the primary's", d.name)
+	}
+	arr := uint64((len(d.entries) + SectorSize - 1) / SectorSize)
+	if d.FirstUsable < d.entriesLBA+arr || d.LastUsable >= bk.entriesLBA || bk.entriesLBA+arr > last {
+		return fmt.Errorf("%s: usable range LBA %d-%d overlaps the GPT structures", d.name, d.FirstUsable, d.LastUsable)
+	}
+	for i, p := range d.Partitions {
+		if p.FirstLBA < d.FirstUsable || p.LastLBA > d.LastUsable {
+			return fmt.Errorf("%s: partition %d (LBA %d-%d) lies outside the usable range %d-%d", d.name, p.Index, p.FirstLBA, p.LastLBA, d.FirstUsable, d.LastUsable)
+		}
+		for _, q := range d.Partitions[:i] {
+			if p.FirstLBA <= q.LastLBA && q.FirstLBA <= p.LastLBA {
+				return fmt.Errorf("%s: partitions %d and %d overlap", d.name, q.Index, p.Index)
+			}
+		}
+	}
+	return nil
+}
+
+// Partition returns the partition with the given GPT name.
+func (d *Disk) Partition(name string) (Partition, error) {
+	for _, p := range d.Partitions {
+		if p.Name == name {
+			return p, nil
+		}
+	}
+	return Partition{}, fmt.Errorf("%s: no partition named %q", d.name, name)
+}
+
+// ESP returns the first partition of type EFI System Partition.
+func (d *Disk) ESP() (Partition, error) {
+	for _, p := range d.Partitions {
+		if p.Type == TypeESP {
+			return p, nil
+		}
+	}
+	return Partition{}, fmt.Errorf("%s: no EFI System Partition", d.name)
+}
+
+// Section returns a reader over the partition with the given GPT name.
+func (d *Disk) Section(name string) (*io.SectionReader, error) {
+	p, err := d.Partition(name)
+	if err != nil {
+		return nil, err
+	}
+	return d.PartitionReader(p), nil
+}
+
+// PartitionReader returns a reader over partition p.
+func (d *Disk) PartitionReader(p Partition) *io.SectionReader {
+	return io.NewSectionReader(d.r, p.Offset, p.Size)
+}
+
+// OpenESPFile finds file p (e.g. BootPath) on the ESP's FAT filesystem and
+// returns a stream of its content and its size. The content is read lazily
+// from the disk.
+func (d *Disk) OpenESPFile(p string) (io.Reader, int64, error) {
+	esp, err := d.ESP()
+	if err != nil {
+		return nil, 0, err
+	}
+	fsys, err := fat32.Read(&readerBackend{r: d.r, size: d.Size, name: d.name}, esp.Size, esp.Offset, SectorSize)
+	if err != nil {
+		return nil, 0, fmt.Errorf("%s: ESP: not a readable FAT32: %w", d.name, err)
+	}
+	p = "/" + strings.TrimPrefix(path.Clean("/"+p), "/")
+	ff, err := fsys.OpenFile(p, os.O_RDONLY)
+	if err != nil {
+		return nil, 0, fmt.Errorf("%s: ESP: %s: %w", d.name, p, err)
+	}
+	file, ok := ff.(*fat12.File)
+	if !ok {
+		return nil, 0, fmt.Errorf("%s: ESP: %s: unexpected file type %T", d.name, p, ff)
+	}
+	st, err := file.Stat()
+	if err != nil {
+		return nil, 0, fmt.Errorf("%s: ESP: %s: %w", d.name, p, err)
+	}
+	if st.IsDir() {
+		return nil, 0, fmt.Errorf("%s: ESP: %s is a directory", d.name, p)
+	}
+	size := st.Size()
+	ranges, err := file.GetDiskRanges()
+	if err != nil {
+		return nil, 0, fmt.Errorf("%s: ESP: %s: %w", d.name, p, err)
+	}
+	var rs []io.Reader
+	left := size
+	for _, r := range ranges {
+		if left <= 0 {
+			break
+		}
+		n := min(int64(r.Length), left)
+		off := esp.Offset + int64(r.Offset)
+		if off+n > esp.Offset+esp.Size {
+			return nil, 0, fmt.Errorf("%s: ESP: %s: cluster chain runs past the partition", d.name, p)
+		}
+		rs = append(rs, io.NewSectionReader(d.r, off, n))
+		left -= n
+	}
+	if left > 0 {
+		return nil, 0, fmt.Errorf("%s: ESP: %s: cluster chain shorter than the file size %d", d.name, p, size)
+	}
+	return io.MultiReader(rs...), size, nil
+}
+
+// CopyESPFile writes file p of the ESP to w and returns its size.
+func (d *Disk) CopyESPFile(p string, w io.Writer) (int64, error) {
+	r, size, err := d.OpenESPFile(p)
+	if err != nil {
+		return 0, err
+	}
+	n, err := io.CopyBuffer(w, r, make([]byte, 4*MiB))
+	if err != nil {
+		return n, fmt.Errorf("%s: ESP: read %s: %w", d.name, p, err)
+	}
+	if n != size {
+		return n, fmt.Errorf("%s: ESP: %s: read %d of %d bytes", d.name, p, n, size)
+	}
+	return n, nil
+}
+
+// guidString formats a GPT on-disk (mixed-endian) GUID.
+func guidString(b []byte) string {
+	return fmt.Sprintf("%08X-%04X-%04X-%X-%X",
+		binary.LittleEndian.Uint32(b[0:4]), binary.LittleEndian.Uint16(b[4:6]),
+		binary.LittleEndian.Uint16(b[6:8]), b[8:10], b[10:16])
+}
+
+func utf16Name(b []byte) string {
+	u := make([]uint16, 0, len(b)/2)
+	for i := 0; i+1 < len(b); i += 2 {
+		c := binary.LittleEndian.Uint16(b[i:])
+		if c == 0 {
+			break
+		}
+		u = append(u, c)
+	}
+	return string(utf16.Decode(u))
+}
