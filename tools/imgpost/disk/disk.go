@@ -344,7 +344,11 @@ func writeESP(sb *sparseBackend, l Layout, uki *os.File, t time.Time) (err error
 		}
 	}()
 
-	fs, err := fat32.Create(sb, l.ESP.Size, l.ESP.Offset, SectorSize, ESPLabel, true)
+	fsSize, err := fatFSSize(l.ESP.Size)
+	if err != nil {
+		return err
+	}
+	fs, err := fat32.Create(sb, fsSize, l.ESP.Offset, SectorSize, ESPLabel, true)
 	if err != nil {
 		return fmt.Errorf("create FAT32 ESP: %w", err)
 	}

@@ -89,3 +89,33 @@ func fixFAT(sb *sparseBackend, start int64) error {
 	}
 	return nil
 }
+
+// fatFSSize returns the size to give fat32.Create for a partition of
+// partSize bytes: the largest size, at most partSize and a whole number of
+// sectors, for which go-diskfs v1.9.4's sectors-per-FAT formula (replicated
+// here) leaves room in the FAT for every cluster plus the two reserved
+// entries. (Its closed form misses the two reserved entries for some sizes,
+// e.g. 64 MiB, and fsck.fat then rejects the filesystem.)
+func fatFSSize(partSize int64) (int64, error) {
+	const reserved = 32
+	for size := partSize; size > partSize-64*SectorSize; size -= SectorSize {
+		var clusterBytes int64
+		switch {
+		case size <= 260*MiB:
+			clusterBytes = 512
+		case size <= 8*GiB:
+			clusterBytes = 4096
+		default:
+			return 0, fmt.Errorf("ESP of %d bytes is too large", partSize)
+		}
+		spc := clusterBytes / SectorSize
+		total := size / SectorSize
+		denom := SectorSize*spc + 8
+		spf := (4*(total-reserved) + denom - 1) / denom
+		clusters := (total - reserved - 2*spf) / spc
+		if spf*SectorSize/4 >= clusters+2 && clusters >= 65525 {
+			return size, nil
+		}
+	}
+	return 0, fmt.Errorf("no FAT32 layout fits an ESP of %d bytes", partSize)
+}
