@@ -1,0 +1,130 @@
+package layerlint
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/Dstack-TEE/meta-dstack/internal/testutil"
+)
+
+// check runs sh -n and shellcheck on one snippet; scripts are checked in
+// place (so their `# shellcheck source=` paths resolve), functions from a
+// temporary file.
+func check(t *testing.T, s Snippet) (string, bool) {
+	t.Helper()
+	path := s.File
+	if s.Name != "" {
+		path = filepath.Join(t.TempDir(), "snippet.sh")
+		if err := os.WriteFile(path, []byte(s.Script), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	shell := "sh"
+	if strings.HasPrefix(s.Script, "#!/bin/bash") {
+		shell = "bash"
+	}
+	if out, err := exec.Command(shell, "-n", path).CombinedOutput(); err != nil {
+		return shell + " -n: " + string(out), false
+	}
+	args := []string{"-x", "-P", "SCRIPTDIR"}
+	if s.Name != "" {
+		args = append(args, "-s", "sh")
+	}
+	cmd := exec.Command("shellcheck", append(args, path)...)
+	cmd.Dir = filepath.Dir(path)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "shellcheck: " + string(out), false
+	}
+	return "", true
+}
+
+// TestLayerShell checks every shell function and script in meta-dstack.
+func TestLayerShell(t *testing.T) {
+	testutil.Need(t, "shellcheck", "sh", "bash")
+	root := filepath.Join(testutil.RepoRoot(t), "meta-dstack")
+	snips, err := Collect(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := map[string]bool{}
+	for _, s := range snips {
+		rel, _ := filepath.Rel(root, s.File)
+		names[rel+":"+s.Name] = true
+		s := s
+		t.Run(strings.ReplaceAll(rel, "/", "_")+"_"+s.Name, func(t *testing.T) {
+			if msg, ok := check(t, s); !ok {
+				t.Errorf("%s:%d %s\n%s\n--- script ---\n%s", s.File, s.Line, s.Name, msg, s.Script)
+			}
+		})
+	}
+	// The check must have seen the code that matters.
+	for _, want := range []string{
+		"classes/dstack-image.bbclass:do_dstack_dist",
+		"recipes-devtools/imgpost/imgpost-native_1.0.bb:do_compile",
+		"recipes-core/ovmf/ovmf_%.bbappend:do_deploy:append:class-target",
+		"recipes-core/dstack-prepare/dstack-prepare_1.0.bb:do_install",
+	} {
+		if !names[want] {
+			t.Errorf("shell function %s not found by Collect", want)
+		}
+	}
+}
+
+// TestCheckCatchesErrors: the checks reject broken code.
+func TestCheckCatchesErrors(t *testing.T) {
+	testutil.Need(t, "shellcheck", "sh")
+	cases := map[string]string{
+		"syntax":   "do_x() {\n\tif true; then\n\t\techo ${S}\n}\n",
+		"unquoted": "do_y() {\n\tf=$1\n\trm -rf $f/*\n}\n",
+		"bashism":  "do_z() {\n\t[[ -n \"${D}\" ]] && echo ok\n}\n",
+	}
+	for name, src := range cases {
+		snips, err := Functions(name+".bb", []byte(src))
+		if err != nil && name != "syntax" {
+			t.Fatal(err)
+		}
+		if name == "syntax" {
+			// The '}' closes the function early, leaving an unterminated if.
+			if len(snips) != 1 {
+				t.Fatalf("%s: %d snippets", name, len(snips))
+			}
+		}
+		if _, ok := check(t, snips[0]); ok {
+			t.Errorf("%s: accepted:\n%s", name, snips[0].Script)
+		}
+	}
+}
+
+func TestFunctions(t *testing.T) {
+	src := `SRC_URI = "x"
+python do_foo() {
+    bb.note("not shell")
+}
+do_install:append:class-target() {
+	install -m 0644 "${WORKDIR}/a" "${D}${bindir}/${@d.getVar('X')}"
+	echo "${KBRANCH:qemux86-64}" "${SRCREV_machine}" "${FOO:-bar}"
+}
+fakeroot do_other () {
+	:
+}
+`
+	snips, err := Functions("r.bb", []byte(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(snips) != 2 || snips[0].Name != "do_install:append:class-target" || snips[1].Name != "do_other" {
+		t.Fatalf("%+v", snips)
+	}
+	s := snips[0].Script
+	for _, want := range []string{"do_install_append_class_target() {", "BBPYTHON", "${BB_KBRANCH}", "${SRCREV_machine}", "${FOO:-bar}"} {
+		if !strings.Contains(s, want) {
+			t.Errorf("script lacks %q:\n%s", want, s)
+		}
+	}
+	if _, err := Functions("bad.bb", []byte("do_x() {\n\techo\n")); err == nil {
+		t.Error("unterminated function accepted")
+	}
+}
