@@ -441,11 +441,11 @@ func TestCheckHost(t *testing.T) {
 	text := FormatProblems(ps)
 	for _, w := range []string{
 		"program lz4 is not on PATH", "sudo apt-get install -y lz4",
-		"program rpcgen is not on PATH", "sudo apt-get install -y libc-dev-bin",
+		"program rpcgen is not on PATH", "sudo apt-get install -y rpcsvc-proto",
 		"en_US.UTF-8", "locale-gen",
 		"only 20.0 GB free at /data/build", "about 100 GB",
 		"BitBake refuses to run as root",
-		"all packages at once: sudo apt-get install -y libc-dev-bin locales lz4",
+		"all packages at once: sudo apt-get install -y locales lz4 rpcsvc-proto",
 	} {
 		if !strings.Contains(text, w) {
 			t.Errorf("report lacks %q:\n%s", w, text)

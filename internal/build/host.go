@@ -67,7 +67,7 @@ var RequiredTools = []Tool{
 	{"chrpath", "chrpath"}, {"diffstat", "diffstat"}, {"lz4", "lz4"}, {"zstd", "zstd"},
 	{"file", "file"}, {"cpio", "cpio"}, {"gawk", "gawk"}, {"wget", "wget"}, {"patch", "patch"},
 	{"perl", "perl"}, {"bzip2", "bzip2"}, {"xz", "xz-utils"}, {"tar", "tar"}, {"which", "debianutils"},
-	{"rpcgen", "libc-dev-bin"}, {"unzip", "unzip"}, {"makeinfo", "texinfo"}, {"socat", "socat"},
+	{"rpcgen", "rpcsvc-proto"}, {"unzip", "unzip"}, {"makeinfo", "texinfo"}, {"socat", "socat"},
 }
 
 // Problem is one thing that keeps the host from running BitBake natively,
