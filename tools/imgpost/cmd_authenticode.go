@@ -1,0 +1,58 @@
+package main
+
+import (
+	"crypto"
+	"encoding/hex"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+
+	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/authenticode"
+)
+
+func init() {
+	register(command{
+		name:    "authenticode",
+		summary: "print a PE image's Authenticode digest (what UEFI firmware measures)",
+		run:     runAuthenticode,
+	})
+}
+
+func runAuthenticode(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("authenticode", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	algo := fs.String("algo", "sha256", "digest `ALGORITHM`: sha256, sha384 or sha512")
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, "usage: imgpost authenticode FILE [--algo sha256|sha384|sha512]")
+		fs.PrintDefaults()
+	}
+	// Accept the flag before or after FILE.
+	var files []string
+	for len(args) > 0 {
+		if err := fs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return nil
+			}
+			return usagef("%v", err)
+		}
+		if fs.NArg() == 0 {
+			break
+		}
+		files = append(files, fs.Arg(0))
+		args = fs.Args()[1:]
+	}
+	if len(files) != 1 {
+		return usagef("give exactly one FILE")
+	}
+	h, ok := map[string]crypto.Hash{"sha256": crypto.SHA256, "sha384": crypto.SHA384, "sha512": crypto.SHA512}[*algo]
+	if !ok {
+		return usagef("--algo %q: want sha256, sha384 or sha512", *algo)
+	}
+	sum, err := authenticode.FileDigest(files[0], h)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(stdout, hex.EncodeToString(sum))
+	return nil
+}
