@@ -1,0 +1,477 @@
+package boottest
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/Dstack-TEE/meta-dstack/internal/demo"
+	"github.com/Dstack-TEE/meta-dstack/internal/qemu"
+	"github.com/Dstack-TEE/meta-dstack/internal/testutil"
+)
+
+// bootTimeout bounds one boot; a TCG boot of the demo takes about 20-40 s.
+const bootTimeout = 5 * time.Minute
+
+// fixture is the deploy directory and verity image shared by every test of
+// the package (built once; tests copy what they tamper with).
+type fixture struct {
+	dir    string
+	deploy demo.Deploy
+	verity string // rootfs.img.verity: squashfs + hash tree
+	hash   string // ROOT_HASH
+	size   int64  // DATA_SIZE = hash offset
+	err    error
+}
+
+var (
+	fixOnce sync.Once
+	fix     fixture
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if fix.dir != "" {
+		os.RemoveAll(fix.dir)
+	}
+	os.Exit(code)
+}
+
+// need checks the host has everything the boot tests use.
+func need(t *testing.T) {
+	t.Helper()
+	testutil.Need(t, "qemu-system-x86_64", "mksquashfs", "sgdisk")
+	if _, miss := demo.FindHost(); len(miss) > 0 {
+		msg := fmt.Sprintf("host parts missing: %v (install Debian packages %s)", miss, strings.Join(demo.MissingPackages(miss), " "))
+		if testutil.InCI() {
+			t.Fatal(msg)
+		}
+		t.Skip(msg)
+	}
+}
+
+func getFixture(t *testing.T) *fixture {
+	t.Helper()
+	need(t)
+	imgpost := testutil.Imgpost(t)
+	root := testutil.RepoRoot(t)
+	fixOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "boottest-")
+		if err != nil {
+			fix.err = err
+			return
+		}
+		fix.dir = dir
+		h, _ := demo.FindHost()
+		fix.deploy, fix.err = demo.Assemble(h, root, filepath.Join(dir, "deploy"))
+		if fix.err != nil {
+			return
+		}
+		fix.verity = filepath.Join(dir, "rootfs.img.verity")
+		env := filepath.Join(dir, "verity.env")
+		out, err := runCmd(imgpost, "verity", "--data", fix.deploy.Rootfs, "--out", fix.verity, "--env", env)
+		if err != nil {
+			fix.err = fmt.Errorf("imgpost verity: %v\n%s", err, out)
+			return
+		}
+		vals, err := readEnv(env)
+		if err != nil {
+			fix.err = err
+			return
+		}
+		fix.hash = vals["ROOT_HASH"]
+		fix.size, err = strconv.ParseInt(vals["DATA_SIZE"], 10, 64)
+		if err != nil || len(fix.hash) != 64 {
+			fix.err = fmt.Errorf("imgpost verity --env: ROOT_HASH %q DATA_SIZE %q", vals["ROOT_HASH"], vals["DATA_SIZE"])
+		}
+	})
+	if fix.err != nil {
+		t.Fatalf("boot fixture: %v", fix.err)
+	}
+	return &fix
+}
+
+func readEnv(path string) (map[string]string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	vals := map[string]string{}
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if k, v, ok := strings.Cut(sc.Text(), "="); ok {
+			vals[k] = v
+		}
+	}
+	return vals, sc.Err()
+}
+
+// cmdline is the bare-metal command line for the fixture plus extra words.
+func (f *fixture) cmdline(extra ...string) string {
+	words := []string{"console=ttyS0", "panic=-1", "loglevel=4",
+		"dstack.rootfs_hash=" + f.hash, "dstack.rootfs_size=" + strconv.FormatInt(f.size, 10)}
+	return strings.Join(append(words, extra...), " ")
+}
+
+// copyOf copies the fixture's verity image (or another file) into the test's
+// temporary directory.
+func copyOf(t *testing.T, src string) string {
+	t.Helper()
+	dst := filepath.Join(t.TempDir(), filepath.Base(src))
+	in, err := os.Open(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close()
+	out, err := os.Create(dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		t.Fatal(err)
+	}
+	if err := out.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return dst
+}
+
+// blankDisk makes a sparse all-zero disk image.
+func blankDisk(t *testing.T, name string, size int64) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), name)
+	f, err := os.Create(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Truncate(size); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	return p
+}
+
+func sha(t *testing.T, path string) string {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		t.Fatal(err)
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// boot runs a VM to its end and returns the console. QEMU must exit by
+// itself: -no-reboot turns the guest's poweroff and the panic=-1 reboot after
+// a kernel panic into an exit.
+func boot(t *testing.T, cfg qemu.Config) string {
+	t.Helper()
+	logPath := filepath.Join(t.TempDir(), "console.log")
+	cfg.LogPath = logPath
+	start := time.Now()
+	out, err := qemu.Run(cfg, bootTimeout)
+	if testing.Verbose() {
+		t.Logf("--- console ---\n%s", out)
+	}
+	t.Logf("boot took %v", time.Since(start).Round(time.Second))
+	if err != nil {
+		t.Fatalf("QEMU did not end by itself: %v\n--- console ---\n%s", err, out)
+	}
+	return out
+}
+
+const panicLine = "Kernel panic - not syncing: Attempted to kill init!"
+
+// wantBooted checks the verified rootfs came up with the fixture's hash and
+// powered the VM off, and returns the data disk the demo reported.
+func wantBooted(t *testing.T, f *fixture, out string) string {
+	t.Helper()
+	for _, s := range []string{"[init] verified rootfs mounted; switching root", demo.MarkRootUp,
+		"[demo] / is /dev/mapper/dstack-rootfs (squashfs, ro",
+		demo.MarkRootHash + f.hash, demo.MarkDone, "reboot: Power down"} {
+		if !strings.Contains(out, s) {
+			t.Errorf("console lacks %q", s)
+		}
+	}
+	if strings.Contains(out, "Kernel panic") {
+		t.Errorf("console shows a kernel panic")
+	}
+	m := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(demo.MarkDataDisk) + `(\S+)`).FindStringSubmatch(out)
+	if t.Failed() || m == nil {
+		t.Fatalf("boot did not reach the demo rootfs's end\n--- console ---\n%s", out)
+	}
+	return m[1]
+}
+
+// wantRefused checks /init refused the boot with one [init] line matching re,
+// then PID 1 exited (kernel panic, panic=-1 reboot, QEMU exit), and nothing of
+// the rootfs ran.
+func wantRefused(t *testing.T, out string, re string) {
+	t.Helper()
+	if !regexp.MustCompile(`(?m)^\[init\] ` + re + `\r?$`).MatchString(out) {
+		t.Errorf("console lacks an [init] line matching %q", re)
+	}
+	if !strings.Contains(out, "[init] boot refused; halting") {
+		t.Errorf("console lacks the halt line")
+	}
+	if !strings.Contains(out, panicLine) {
+		t.Errorf("console lacks %q", panicLine)
+	}
+	for _, s := range []string{"switching root", demo.MarkRootUp, "[demo]"} {
+		if strings.Contains(out, s) {
+			t.Errorf("console shows %q: the rootfs was reached", s)
+		}
+	}
+	if t.Failed() {
+		t.Logf("--- console ---\n%s", out)
+	}
+}
+
+// bareMetal boots the deploy dir's kernel + initramfs with the command line.
+func bareMetal(f *fixture, cmdline string, drives ...qemu.Drive) qemu.Config {
+	return qemu.Config{Kernel: f.deploy.Kernel, Initrd: f.deploy.Initrd, Append: cmdline, Drives: drives}
+}
+
+// sgdiskInfo returns `sgdisk -i N` of an image.
+func sgdiskInfo(t *testing.T, img string, n int) string {
+	t.Helper()
+	return testutil.Run(t, "sgdisk", "-i", strconv.Itoa(n), img)
+}
+
+// wantDataPartition checks with sgdisk that img now holds a sound GPT whose
+// only partition is named dstack-data.
+func wantDataPartition(t *testing.T, img string) {
+	t.Helper()
+	if out := testutil.Run(t, "sgdisk", "-v", img); !strings.Contains(out, "No problems found") {
+		t.Errorf("sgdisk -v %s:\n%s", img, out)
+	}
+	if info := sgdiskInfo(t, img, 1); !strings.Contains(info, "Partition name: 'dstack-data'") {
+		t.Errorf("sgdisk -i 1 %s: no dstack-data partition:\n%s", img, info)
+	}
+	if info := sgdiskInfo(t, img, 2); strings.Contains(info, "First sector") {
+		t.Errorf("sgdisk -i 2 %s: unexpected second partition:\n%s", img, info)
+	}
+}
+
+// 1. Bare metal, default /dev/vda; the blank /dev/vdb becomes the data disk.
+func TestBootBareMetalDefaultVda(t *testing.T) {
+	t.Parallel()
+	f := getFixture(t)
+	data := blankDisk(t, "data.img", 64<<20)
+	out := boot(t, bareMetal(f, f.cmdline(),
+		qemu.Drive{Path: f.verity, ReadOnly: true},
+		qemu.Drive{Path: data}))
+	if !strings.Contains(out, "[init] rootfs device /dev/vda is /dev/vda") {
+		t.Errorf("console lacks the default device line")
+	}
+	if got := wantBooted(t, f, out); got != "/dev/vdb1" {
+		t.Errorf("data disk %s, want /dev/vdb1", got)
+	}
+	if !strings.Contains(out, "dstack-prepare: data disk: /dev/vdb1 (default /dev/vdb (no PARTLABEL=dstack-data partition), partitioned)") {
+		t.Errorf("dstack-prepare did not report partitioning /dev/vdb")
+	}
+	if !strings.Contains(out, "[demo] dstack-util stand-in called: setup --work-dir /var/volatile/dstack --device /dev/vdb1 --mount-point /var/volatile/dstack/persistent") {
+		t.Errorf("dstack-prepare did not hand /dev/vdb1 to dstack-util setup")
+	}
+	wantDataPartition(t, data)
+}
+
+// partitionedDisk makes a GPT disk image (with sgdisk) holding a small decoy
+// partition 1 and the verity image in partition 2, with the given unique
+// GUID and name, and returns the image path.
+func partitionedDisk(t *testing.T, f *fixture, guid, name string) string {
+	t.Helper()
+	st, err := os.Stat(f.verity)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img := blankDisk(t, "parted.img", 4<<20+(st.Size()+1<<20-1)/(1<<20)*(1<<20)+1<<20)
+	testutil.Run(t, "sgdisk", "--new=1:0:+1M", "--change-name=1:decoy",
+		fmt.Sprintf("--new=2:0:+%dK", (st.Size()+1023)/1024), "--change-name=2:"+name,
+		"--partition-guid=2:"+guid, img)
+	info := sgdiskInfo(t, img, 2)
+	if !strings.Contains(info, "Partition unique GUID: "+strings.ToUpper(guid)) {
+		t.Fatalf("sgdisk did not set the GUID:\n%s", info)
+	}
+	m := regexp.MustCompile(`First sector: (\d+)`).FindStringSubmatch(info)
+	if m == nil {
+		t.Fatalf("sgdisk -i 2: no first sector:\n%s", info)
+	}
+	first, _ := strconv.ParseInt(m[1], 10, 64)
+	src, err := os.Open(f.verity)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	dst, err := os.OpenFile(img, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := dst.Seek(first*512, io.SeekStart); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.Copy(dst, src); err != nil {
+		t.Fatal(err)
+	}
+	if err := dst.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return img
+}
+
+// 3. PARTUUID= override: the rootfs in partition 2 of an NVMe disk, found by
+// its unique GUID (as sgdisk set and reports it), given in lower case.
+func TestBootPartUUID(t *testing.T) {
+	t.Parallel()
+	f := getFixture(t)
+	const guid = "5E1F2A3B-4C5D-4E6F-8A9B-0C1D2E3F4A5B"
+	img := partitionedDisk(t, f, guid, "not-the-label")
+	data := blankDisk(t, "data.img", 32<<20)
+	out := boot(t, bareMetal(f, f.cmdline("dstack.rootfs_device=PARTUUID="+strings.ToLower(guid), "dstack.data_dev=/dev/vda"),
+		qemu.Drive{Path: data},
+		qemu.Drive{Path: img, Interface: qemu.NVMe, ReadOnly: true}))
+	if !strings.Contains(out, "[init] rootfs device PARTUUID="+strings.ToLower(guid)+" is /dev/nvme0n1p2") {
+		t.Errorf("console lacks the PARTUUID resolution line")
+	}
+	if got := wantBooted(t, f, out); got != "/dev/vda1" {
+		t.Errorf("data disk %s, want /dev/vda1", got)
+	}
+}
+
+// 4. /dev/disk/by-id/ override: the rootfs on the second virtio disk, named by
+// its serial as udev would (virtio-<serial>).
+func TestBootByID(t *testing.T) {
+	t.Parallel()
+	f := getFixture(t)
+	decoy := blankDisk(t, "decoy.img", 32<<20)
+	out := boot(t, bareMetal(f, f.cmdline("dstack.rootfs_device=/dev/disk/by-id/virtio-dstack-root-01", "dstack.data_dev=/dev/vda"),
+		qemu.Drive{Path: decoy},
+		qemu.Drive{Path: f.verity, ReadOnly: true, Serial: "dstack-root-01"}))
+	if !strings.Contains(out, "[init] rootfs device /dev/disk/by-id/virtio-dstack-root-01 is /dev/vdb") {
+		t.Errorf("console lacks the by-id resolution line")
+	}
+	if got := wantBooted(t, f, out); got != "/dev/vda1" {
+		t.Errorf("data disk %s, want /dev/vda1", got)
+	}
+}
+
+// 5. dstack.data_dev selects the named disk (an empty NVMe namespace, which
+// gets its dstack-data partition) over /dev/vdb, which holds foreign
+// partitions and is left untouched.
+func TestBootDataDev(t *testing.T) {
+	t.Parallel()
+	f := getFixture(t)
+	foreign := blankDisk(t, "foreign.img", 32<<20)
+	testutil.Run(t, "sgdisk", "--new=1:0:+4M", "--change-name=1:home", "--new=2:0:0", "--change-name=2:swap", foreign)
+	foreignSum := sha(t, foreign)
+	data := blankDisk(t, "nvme-data.img", 64<<20)
+	out := boot(t, bareMetal(f, f.cmdline("dstack.data_dev=/dev/disk/by-id/nvme-QEMU_NVMe_Ctrl_dstackdata"),
+		qemu.Drive{Path: f.verity, ReadOnly: true},
+		qemu.Drive{Path: foreign},
+		qemu.Drive{Path: data, Interface: qemu.NVMe, Serial: "dstackdata"}))
+	if got := wantBooted(t, f, out); got != "/dev/nvme0n1p1" {
+		t.Errorf("data disk %s, want /dev/nvme0n1p1", got)
+	}
+	if !strings.Contains(out, "dstack-prepare: data disk: /dev/nvme0n1p1 (dstack.data_dev=/dev/disk/by-id/nvme-QEMU_NVMe_Ctrl_dstackdata, partitioned)") {
+		t.Errorf("dstack-prepare did not report partitioning the NVMe disk")
+	}
+	wantDataPartition(t, data)
+	if sha(t, foreign) != foreignSum {
+		t.Errorf("the disk with foreign partitions was modified")
+	}
+}
+
+// 6. One flipped byte in the rootfs data: refused before switch_root.
+func TestBootFlippedByteRefused(t *testing.T) {
+	t.Parallel()
+	f := getFixture(t)
+	img := copyOf(t, f.verity)
+	flipByte(t, img, f.size/2+123)
+	out := boot(t, bareMetal(f, f.cmdline(), qemu.Drive{Path: img, ReadOnly: true}))
+	wantRefused(t, out, regexp.QuoteMeta("rootfs verification failed: /dev/vda holds data that does not match dstack.rootfs_hash"))
+}
+
+func flipByte(t *testing.T, path string, off int64) {
+	t.Helper()
+	fh, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fh.Close()
+	b := []byte{0}
+	if _, err := fh.ReadAt(b, off); err != nil {
+		t.Fatal(err)
+	}
+	b[0] ^= 0x01
+	if _, err := fh.WriteAt(b, off); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// 7. No dstack.rootfs_hash: refused with its message.
+func TestBootMissingHashRefused(t *testing.T) {
+	t.Parallel()
+	f := getFixture(t)
+	cmdline := strings.Replace(f.cmdline(), "dstack.rootfs_hash="+f.hash+" ", "", 1)
+	out := boot(t, bareMetal(f, cmdline, qemu.Drive{Path: f.verity, ReadOnly: true}))
+	wantRefused(t, out, regexp.QuoteMeta("dstack.rootfs_hash missing from the kernel command line"))
+}
+
+// 8. A wrong (well-formed) hash: refused by verity.
+func TestBootWrongHashRefused(t *testing.T) {
+	t.Parallel()
+	f := getFixture(t)
+	wrong := []byte(f.hash)
+	if wrong[10] == '0' {
+		wrong[10] = '1'
+	} else {
+		wrong[10] = '0'
+	}
+	cmdline := strings.Replace(f.cmdline(), f.hash, string(wrong), 1)
+	out := boot(t, bareMetal(f, cmdline, qemu.Drive{Path: f.verity, ReadOnly: true}))
+	wantRefused(t, out, `(veritysetup refused /dev/vda: its hash tree does not match dstack.rootfs_hash|rootfs verification failed: /dev/vda holds data that does not match dstack.rootfs_hash)`)
+}
+
+// 9. Glob characters in the command line are not expanded: refused, the
+// message showing them literally.
+func TestBootGlobRefused(t *testing.T) {
+	t.Parallel()
+	f := getFixture(t)
+	out := boot(t, bareMetal(f, f.cmdline("dstack.rootfs_device=/dev/*"), qemu.Drive{Path: f.verity, ReadOnly: true}))
+	wantRefused(t, out, regexp.QuoteMeta("dstack.rootfs_device: invalid device spec '/dev/*': only letters, digits and / . _ : = @ + , % # - are allowed (no glob characters)"))
+}
+
+// 10. A device that never appears: the bounded wait ends with the block
+// devices seen.
+func TestBootDeviceNeverAppears(t *testing.T) {
+	t.Parallel()
+	f := getFixture(t)
+	out := boot(t, bareMetal(f, f.cmdline("dstack.rootfs_device=PARTLABEL=no-such-partition", "dstack.device_timeout=3"),
+		qemu.Drive{Path: f.verity, ReadOnly: true}))
+	wantRefused(t, out, regexp.QuoteMeta("dstack.rootfs_device: device PARTLABEL=no-such-partition not found after 3s; block devices seen: ")+`.*\bvda\b.*`)
+}
+
+func runCmd(name string, args ...string) (string, error) {
+	var b bytes.Buffer
+	cmd := exec.Command(name, args...)
+	cmd.Stdout, cmd.Stderr = &b, &b
+	err := cmd.Run()
+	return b.String(), err
+}
