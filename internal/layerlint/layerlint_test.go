@@ -64,7 +64,7 @@ func TestLayerShell(t *testing.T) {
 	for _, want := range []string{
 		"classes/dstack-image.bbclass:do_dstack_dist",
 		"recipes-devtools/imgpost/imgpost-native_1.0.bb:do_compile",
-		"recipes-core/ovmf/ovmf_%.bbappend:do_deploy:append:class-target",
+		"recipes-core/ovmf/ovmf_%.bbappend:do_deploy:append:class-target:tdx-guest",
 		"recipes-core/dstack-prepare/dstack-prepare_1.0.bb:do_install",
 	} {
 		if !names[want] {

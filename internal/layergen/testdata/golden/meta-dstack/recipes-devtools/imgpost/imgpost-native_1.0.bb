@@ -63,8 +63,8 @@ do_configure() {
 	:
 }
 
+do_compile[dirs] = "${GOTMPDIR} ${B}/bin ${S}"
 do_compile() {
-	cd "${S}"
 	GOPROXY=off GOFLAGS=-mod=readonly "${GO}" build -trimpath -buildvcs=false \
 		-ldflags=-buildid= -o "${B}/bin/imgpost" ./tools/imgpost
 }
