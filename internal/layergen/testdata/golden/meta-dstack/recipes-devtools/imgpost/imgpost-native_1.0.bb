@@ -5,8 +5,7 @@ repository this layer lives in (DSTACK_REPO_DIR), with its module dependencies \
 fetched by BitBake's gomod fetcher at the versions and checksums of go.sum."
 HOMEPAGE = "https://github.com/Dstack-TEE/meta-dstack"
 LICENSE = "MIT"
-LIC_FILES_CHKSUM = "file://LICENSE;md5=${DSTACK_LICENSE_MD5}"
-DSTACK_LICENSE_MD5 ?= "${@bb.utils.md5_file(os.path.join(d.getVar('DSTACK_REPO_DIR'), 'LICENSE'))}"
+LIC_FILES_CHKSUM = "file://LICENSE;md5=a325eaaeb58c08bf4775a23cb4d32f6d"
 
 inherit go-mod native
 
