@@ -63,6 +63,9 @@ const DefaultSaltHex = "00000000000000000000000000000000000000000000000000000000
 // chunk fills whole level-0 hash blocks.
 var ChunkSize = 1 << 20
 
+// errUnsupported says an in-kernel copy is not possible between two files.
+var errUnsupported = errors.New("in-kernel copy not supported")
+
 // Params are the choices a caller makes; everything else is fixed.
 type Params struct {
 	// Salt is hashed before every block; at most MaxSaltSize bytes, may be empty.
@@ -301,6 +304,13 @@ func Format(dst io.WriterAt, src io.ReaderAt, size int64, p Params) (*Info, erro
 		l0Off = treeOff + int64(g.start[0])*BlockSize
 	}
 
+	// When both ends are files, the data is copied in the kernel (see
+	// copyRange) while the workers still read it once for hashing.
+	srcF, _ := src.(*os.File)
+	dstF, _ := dst.(*os.File)
+	var kernelCopy atomic.Bool
+	kernelCopy.Store(srcF != nil && dstF != nil)
+
 	chunkBlocks := uint64(ChunkSize / BlockSize)
 	nChunks := int((info.DataBlocks + chunkBlocks - 1) / chunkBlocks)
 	workers := min(Workers(), nChunks)
@@ -347,6 +357,21 @@ func Format(dst io.WriterAt, src io.ReaderAt, size int64, p Params) (*Info, erro
 			}
 			if _, err := dst.WriteAt(l0[:nl0*BlockSize], l0Off+int64(j0)*BlockSize); err != nil {
 				return fmt.Errorf("write hash tree: %w", err)
+			}
+		}
+		if kernelCopy.Load() {
+			switch err := copyRange(dstF, srcF, off, want); err {
+			case nil:
+				if pad := data[want:]; len(pad) > 0 {
+					if _, err := dst.WriteAt(pad, off+want); err != nil {
+						return fmt.Errorf("write data padding: %w", err)
+					}
+				}
+				return nil
+			case errUnsupported:
+				kernelCopy.Store(false)
+			default:
+				return err
 			}
 		}
 		if _, err := dst.WriteAt(data, off); err != nil {

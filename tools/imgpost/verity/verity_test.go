@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/Dstack-TEE/meta-dstack/internal/testutil"
@@ -443,5 +444,56 @@ func TestFormatFileRejects(t *testing.T) {
 	}
 	if b, _ := os.ReadFile(in); len(b) != 10000 {
 		t.Fatal("input modified")
+	}
+}
+
+// memWriter is an in-memory io.WriterAt (not an *os.File, so Format takes
+// its user-space write path instead of the in-kernel copy).
+type memWriter struct {
+	mu sync.Mutex
+	b  []byte
+}
+
+func (m *memWriter) WriteAt(p []byte, off int64) (int, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if end := off + int64(len(p)); end > int64(len(m.b)) {
+		m.b = append(m.b, make([]byte, end-int64(len(m.b)))...)
+	}
+	return copy(m.b[off:], p), nil
+}
+
+// TestFormatWritePaths checks that the in-kernel copy path (file to file) and
+// the user-space write path give the same bytes, for an unaligned size over
+// several chunks.
+func TestFormatWritePaths(t *testing.T) {
+	dir := t.TempDir()
+	in := filepath.Join(dir, "data")
+	size := int64(3*ChunkSize + 5*BlockSize + 99)
+	testutil.WriteRandom(t, in, size, 9)
+	out := in + ".verity"
+	info, err := FormatFile(in, out, DefaultParams())
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var m memWriter
+	info2, err := Format(&m, f, size, DefaultParams())
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, _ := os.ReadFile(out)
+	if !bytes.Equal(a, m.b) || info.RootHash != info2.RootHash {
+		for i := range min(len(a), len(m.b)) {
+			if a[i] != m.b[i] {
+				t.Logf("first difference at %d; sizes %d %d; roots %x %x", i, len(a), len(m.b), info.RootHash, info2.RootHash)
+				break
+			}
+		}
+		t.Fatal("file-to-file and in-memory outputs differ")
 	}
 }

@@ -1,0 +1,7 @@
+//go:build !linux
+
+package verity
+
+import "os"
+
+func copyRange(dst, src *os.File, off, n int64) error { return errUnsupported }
