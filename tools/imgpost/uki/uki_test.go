@@ -360,3 +360,22 @@ func TestBootUnderOVMF(t *testing.T) {
 		t.Logf("qemu exit: %v", err)
 	}
 }
+
+// TestChecksumPaths compares the checksum's word-wise fast path with its
+// byte-wise path on random data written in ragged pieces.
+func TestChecksumPaths(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "r")
+	testutil.WriteRandom(t, p, 1<<20+3, 5)
+	b := mustRead(t, p)
+	for _, skip := range []int64{0, 217, 1 << 19} {
+		slow := &checksum{skipOff: skip}
+		slow.slow(b)
+		fast := &checksum{skipOff: skip}
+		for i, step := 0, 1; i < len(b); i, step = i+step, step*3%70001+1 {
+			fast.Write(b[i:min(i+step, len(b))])
+		}
+		if slow.value() != fast.value() {
+			t.Fatalf("skip %d: fast %08x, slow %08x", skip, fast.value(), slow.value())
+		}
+	}
+}
