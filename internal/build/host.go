@@ -60,14 +60,16 @@ func freeBytes(path string) (uint64, error) {
 // provides it.
 type Tool struct{ Program, Package string }
 
-// RequiredTools are the host programs a native Yocto build needs: the ones
-// openembedded-core's sanity check and HOSTTOOLS insist on.
+// RequiredTools are the host programs a native build needs: the
+// non-trivial entries of HOSTTOOLS in the pinned openembedded-core's
+// bitbake.conf (BitBake stops when one is missing), plus lz4 from the Yocto
+// manual's host package list.
 var RequiredTools = []Tool{
 	{"git", "git"}, {"python3", "python3"}, {"gcc", "gcc"}, {"g++", "g++"}, {"make", "make"},
-	{"chrpath", "chrpath"}, {"diffstat", "diffstat"}, {"lz4", "lz4"}, {"zstd", "zstd"},
+	{"chrpath", "chrpath"}, {"diffstat", "diffstat"}, {"lz4", "lz4"}, {"zstd", "zstd"}, {"pzstd", "zstd"},
 	{"file", "file"}, {"cpio", "cpio"}, {"gawk", "gawk"}, {"wget", "wget"}, {"patch", "patch"},
 	{"perl", "perl"}, {"bzip2", "bzip2"}, {"xz", "xz-utils"}, {"tar", "tar"}, {"which", "debianutils"},
-	{"rpcgen", "rpcsvc-proto"}, {"unzip", "unzip"}, {"makeinfo", "texinfo"}, {"socat", "socat"},
+	{"rpcgen", "rpcsvc-proto"},
 }
 
 // Problem is one thing that keeps the host from running BitBake natively,
