@@ -8,9 +8,10 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"os"
+	"strings"
 
 	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/disk"
+	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/uki"
 )
 
 func init() {
@@ -19,7 +20,7 @@ func init() {
 		summary: "build the sparse GPT disk.raw (ESP with the UKI + dstack-rootfs partition)",
 		run:     runDisk,
 	})
-	// HOOK: inspectDisk = inspectDiskImage (once cmd_inspect.go declares it)
+	inspectDisk = inspectDiskImage // declared in cmd_inspect.go
 }
 
 func runDisk(args []string, stdout, stderr io.Writer) error {
@@ -125,38 +126,56 @@ func typeName(t string) string {
 
 // ukiSummary describes the BOOTX64.EFI found on the ESP.
 type ukiSummary struct {
-	Path   string `json:"path"`
-	Size   int64  `json:"size"`
-	SHA256 string `json:"sha256"`
+	Path   string    `json:"path"`
+	Size   int64     `json:"size"`
+	SHA256 string    `json:"sha256"`
+	PE     *uki.Info `json:"pe,omitempty"`
+	PEErr  string    `json:"pe_error,omitempty"`
 }
 
 func summarizeESPUKI(d *disk.Disk) (*ukiSummary, error) {
-	h := sha256.New()
-	n, err := d.CopyESPFile(disk.BootPath, h)
+	r, err := d.OpenESPFile(disk.BootPath)
 	if err != nil {
 		return nil, err
 	}
-	return &ukiSummary{Path: "/" + disk.BootPath, Size: n, SHA256: hex.EncodeToString(h.Sum(nil))}, nil
+	h := sha256.New()
+	if _, err := io.CopyBuffer(h, r, make([]byte, 4*disk.MiB)); err != nil {
+		return nil, fmt.Errorf("%s: ESP: read /%s: %w", d.Name(), disk.BootPath, err)
+	}
+	s := &ukiSummary{Path: "/" + disk.BootPath, Size: r.Size(), SHA256: hex.EncodeToString(h.Sum(nil))}
+	if info, err := uki.InspectReader(r, r.Size()); err != nil {
+		s.PEErr = err.Error()
+	} else {
+		s.PE = info
+	}
+	return s, nil
 }
 
 func printUKISummary(w io.Writer, s *ukiSummary) {
-	fmt.Fprintf(w, "  size %d bytes, sha256 %s\n", s.Size, s.SHA256)
-}
-
-// espUKIFile copies BOOTX64.EFI out of the disk into a temporary file (the UKI
-// parser wants random access); the caller removes it.
-func espUKIFile(d *disk.Disk) (string, int64, error) {
-	tmp, err := os.CreateTemp("", "imgpost-inspect-*.efi")
-	if err != nil {
-		return "", 0, err
+	fmt.Fprintf(w, "  %d bytes, sha256 %s\n", s.Size, s.SHA256)
+	if s.PE == nil {
+		fmt.Fprintf(w, "  %s\n", s.PEErr)
+		return
 	}
-	n, err := d.CopyESPFile(disk.BootPath, tmp)
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
+	var names []string
+	for _, sec := range s.PE.Sections {
+		names = append(names, sec.Name)
 	}
-	if err != nil {
-		os.Remove(tmp.Name())
-		return "", 0, err
+	fmt.Fprintf(w, "  PE sections: %s\n", strings.Join(names, " "))
+	if s.PE.HasCmdline {
+		fmt.Fprintf(w, "  cmdline: %s\n", strings.TrimRight(s.PE.Cmdline, "\x00"))
+	} else {
+		fmt.Fprintln(w, "  cmdline: (no .cmdline section: not a UKI?)")
 	}
-	return tmp.Name(), n, nil
+	if s.PE.Uname != "" {
+		fmt.Fprintf(w, "  uname: %s\n", s.PE.Uname)
+	}
+	if s.PE.LinuxSize > 0 || s.PE.InitrdSize > 0 {
+		fmt.Fprintf(w, "  .linux %d bytes, .initrd %d bytes\n", s.PE.LinuxSize, s.PE.InitrdSize)
+	}
+	for _, l := range strings.Split(strings.TrimRight(s.PE.OSRelease, "\n\x00"), "\n") {
+		if strings.HasPrefix(l, "PRETTY_NAME=") || strings.HasPrefix(l, "VERSION_ID=") {
+			fmt.Fprintf(w, "  %s\n", l)
+		}
+	}
 }

@@ -17,14 +17,14 @@ import (
 
 // Partition is one GPT entry as found on a disk.
 type Partition struct {
-	Index    int    // 1-based slot in the entry array
-	Name     string // GPT partition name (PARTLABEL)
-	Type     string // type GUID, upper case
-	GUID     string // unique partition GUID (PARTUUID), upper case
-	FirstLBA uint64
-	LastLBA  uint64 // inclusive
-	Offset   int64  // FirstLBA * 512
-	Size     int64  // (LastLBA-FirstLBA+1) * 512
+	Index    int    `json:"index"`     // 1-based slot in the entry array
+	Name     string `json:"name"`      // GPT partition name (PARTLABEL)
+	Type     string `json:"type_guid"` // type GUID, upper case
+	GUID     string `json:"guid"`      // unique partition GUID (PARTUUID), upper case
+	FirstLBA uint64 `json:"first_lba"`
+	LastLBA  uint64 `json:"last_lba"` // inclusive
+	Offset   int64  `json:"offset"`   // FirstLBA * 512
+	Size     int64  `json:"size"`     // (LastLBA-FirstLBA+1) * 512
 }
 
 // Disk is a GPT disk image opened for reading.
@@ -244,39 +244,39 @@ func (d *Disk) PartitionReader(p Partition) *io.SectionReader {
 }
 
 // OpenESPFile finds file p (e.g. BootPath) on the ESP's FAT filesystem and
-// returns a stream of its content and its size. The content is read lazily
-// from the disk.
-func (d *Disk) OpenESPFile(p string) (io.Reader, int64, error) {
+// returns a reader over its content (random access; Size() is the file size).
+// The content is read lazily from the disk, following the cluster chain.
+func (d *Disk) OpenESPFile(p string) (*io.SectionReader, error) {
 	esp, err := d.ESP()
 	if err != nil {
-		return nil, 0, err
+		return nil, err
 	}
 	fsys, err := fat32.Read(&readerBackend{r: d.r, size: d.Size, name: d.name}, esp.Size, esp.Offset, SectorSize)
 	if err != nil {
-		return nil, 0, fmt.Errorf("%s: ESP: not a readable FAT32: %w", d.name, err)
+		return nil, fmt.Errorf("%s: ESP: not a readable FAT32: %w", d.name, err)
 	}
 	p = "/" + strings.TrimPrefix(path.Clean("/"+p), "/")
 	ff, err := fsys.OpenFile(p, os.O_RDONLY)
 	if err != nil {
-		return nil, 0, fmt.Errorf("%s: ESP: %s: %w", d.name, p, err)
+		return nil, fmt.Errorf("%s: ESP: %s: %w", d.name, p, err)
 	}
 	file, ok := ff.(*fat12.File)
 	if !ok {
-		return nil, 0, fmt.Errorf("%s: ESP: %s: unexpected file type %T", d.name, p, ff)
+		return nil, fmt.Errorf("%s: ESP: %s: unexpected file type %T", d.name, p, ff)
 	}
 	st, err := file.Stat()
 	if err != nil {
-		return nil, 0, fmt.Errorf("%s: ESP: %s: %w", d.name, p, err)
+		return nil, fmt.Errorf("%s: ESP: %s: %w", d.name, p, err)
 	}
 	if st.IsDir() {
-		return nil, 0, fmt.Errorf("%s: ESP: %s is a directory", d.name, p)
+		return nil, fmt.Errorf("%s: ESP: %s is a directory", d.name, p)
 	}
 	size := st.Size()
 	ranges, err := file.GetDiskRanges()
 	if err != nil {
-		return nil, 0, fmt.Errorf("%s: ESP: %s: %w", d.name, p, err)
+		return nil, fmt.Errorf("%s: ESP: %s: %w", d.name, p, err)
 	}
-	var rs []io.Reader
+	ra := &rangesReaderAt{r: d.r}
 	left := size
 	for _, r := range ranges {
 		if left <= 0 {
@@ -285,20 +285,50 @@ func (d *Disk) OpenESPFile(p string) (io.Reader, int64, error) {
 		n := min(int64(r.Length), left)
 		off := esp.Offset + int64(r.Offset)
 		if off+n > esp.Offset+esp.Size {
-			return nil, 0, fmt.Errorf("%s: ESP: %s: cluster chain runs past the partition", d.name, p)
+			return nil, fmt.Errorf("%s: ESP: %s: cluster chain runs past the partition", d.name, p)
 		}
-		rs = append(rs, io.NewSectionReader(d.r, off, n))
+		ra.ranges = append(ra.ranges, Extent{Offset: off, Size: n})
 		left -= n
 	}
 	if left > 0 {
-		return nil, 0, fmt.Errorf("%s: ESP: %s: cluster chain shorter than the file size %d", d.name, p, size)
+		return nil, fmt.Errorf("%s: ESP: %s: cluster chain shorter than the file size %d", d.name, p, size)
 	}
-	return io.MultiReader(rs...), size, nil
+	return io.NewSectionReader(ra, 0, size), nil
+}
+
+// rangesReaderAt reads the concatenation of extents of r.
+type rangesReaderAt struct {
+	r      io.ReaderAt
+	ranges []Extent
+}
+
+func (m *rangesReaderAt) ReadAt(p []byte, off int64) (int, error) {
+	n := 0
+	var base int64
+	for _, e := range m.ranges {
+		if len(p) == n {
+			break
+		}
+		if off+int64(n) < base+e.Size {
+			in := off + int64(n) - base
+			c := min(int64(len(p)-n), e.Size-in)
+			k, err := m.r.ReadAt(p[n:n+int(c)], e.Offset+in)
+			n += k
+			if err != nil && !(err == io.EOF && int64(k) == c) {
+				return n, err
+			}
+		}
+		base += e.Size
+	}
+	if n < len(p) {
+		return n, io.EOF
+	}
+	return n, nil
 }
 
 // CopyESPFile writes file p of the ESP to w and returns its size.
 func (d *Disk) CopyESPFile(p string, w io.Writer) (int64, error) {
-	r, size, err := d.OpenESPFile(p)
+	r, err := d.OpenESPFile(p)
 	if err != nil {
 		return 0, err
 	}
@@ -306,8 +336,8 @@ func (d *Disk) CopyESPFile(p string, w io.Writer) (int64, error) {
 	if err != nil {
 		return n, fmt.Errorf("%s: ESP: read %s: %w", d.name, p, err)
 	}
-	if n != size {
-		return n, fmt.Errorf("%s: ESP: %s: read %d of %d bytes", d.name, p, n, size)
+	if n != r.Size() {
+		return n, fmt.Errorf("%s: ESP: %s: read %d of %d bytes", d.name, p, n, r.Size())
 	}
 	return n, nil
 }
