@@ -5,8 +5,10 @@
 //
 // Layout of a built UKI: the stub's headers and sections are copied
 // unchanged; then, in this order, .osrel (when given), .cmdline, .uname
-// (when given), .initrd (all initrds concatenated in the order given, as
-// ukify does) and .linux last (ukify keeps .linux last to leave room for the
+// (when given), .initrd (all initrds concatenated in the order given, each
+// but the last zero-padded to a 4-byte multiple so that an uncompressed cpio
+// archive after a compressed one still starts 4-aligned, as the kernel's
+// initramfs unpacker requires; zero bytes between archives are skipped) and .linux last (ukify keeps .linux last to leave room for the
 // kernel's decompression). Each new section starts at the next
 // SectionAlignment boundary after the previous one ends (the first after the
 // stub's highest section end or SizeOfImage, whichever is larger); its raw
@@ -143,6 +145,7 @@ type newSection struct {
 	name  string
 	data  []byte
 	files []string
+	align int64 // zero-pad between files to this multiple (0: none)
 	size  int64
 	// computed layout
 	va, raw, rawSize uint32
@@ -203,13 +206,16 @@ func Build(opts Options) (*Info, error) {
 	if opts.Uname != "" {
 		secs = append(secs, &newSection{name: ".uname", data: []byte(opts.Uname)})
 	}
-	initrd := &newSection{name: ".initrd", files: opts.Initrds}
-	for _, p := range opts.Initrds {
+	initrd := &newSection{name: ".initrd", files: opts.Initrds, align: 4}
+	for i, p := range opts.Initrds {
 		n, err := fileSize("initrd", p)
 		if err != nil {
 			return nil, err
 		}
 		initrd.size += n
+		if i < len(opts.Initrds)-1 {
+			initrd.size = int64(alignUp(uint64(initrd.size), 4))
+		}
 	}
 	secs = append(secs, initrd)
 	klen, err := checkKernel(opts.Linux)
@@ -315,9 +321,13 @@ func Build(opts Options) (*Info, error) {
 		if s.files == nil {
 			w.Write(s.data)
 		} else {
-			for _, p := range s.files {
+			for i, p := range s.files {
 				if err := w.copyFile(p); err != nil {
 					return nil, err
+				}
+				if s.align > 0 && i < len(s.files)-1 {
+					rel := w.n - int64(s.raw)
+					w.zeros((s.align - rel%s.align) % s.align)
 				}
 			}
 		}

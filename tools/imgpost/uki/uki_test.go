@@ -119,7 +119,8 @@ func TestBuildLayoutWithObjdump(t *testing.T) {
 		prevVEnd, prevFEnd = s.vma+s.size, s.off+s.size
 	}
 	// Contents, read back by objcopy, equal the inputs.
-	initrd := append(mustRead(t, opts.Initrds[0]), mustRead(t, opts.Initrds[1])...)
+	// initrd1 is 3001 bytes: 3 zero bytes align initrd2 to 4.
+	initrd := append(append(mustRead(t, opts.Initrds[0]), 0, 0, 0), mustRead(t, opts.Initrds[1])...)
 	contents := map[string][]byte{
 		".osrel": mustRead(t, opts.OSRelease), ".cmdline": []byte(opts.Cmdline), ".uname": []byte(opts.Uname),
 		".initrd": initrd, ".linux": mustRead(t, opts.Linux),
@@ -324,16 +325,41 @@ func TestBootUnderOVMF(t *testing.T) {
 	dir := t.TempDir()
 	opts := inputs(t, dir)
 	initrd := filepath.Join(dir, "probe.cpio.gz")
-	f, err := os.Create(initrd)
+	const probe = "#!/bin/sh\nmount -t proc proc /proc\necho \"UKI-CMDLINE-BEGIN[$(cat /proc/cmdline)]UKI-CMDLINE-END\"\n" +
+		"echo \"SECOND-INITRD[$(cat /etc/second)]\"\npoweroff -f\n"
+	// Vary a comment until the gzipped probe's length is not a multiple of
+	// 4, so the second archive needs the alignment padding.
+	for pad := 0; ; pad++ {
+		var buf bytes.Buffer
+		if err := initramfs.BusyboxImage(&buf, probe+"#"+strings.Repeat("x", pad)+"\n", true); err != nil {
+			t.Fatal(err)
+		}
+		if buf.Len()%4 != 0 || pad == 64 {
+			if err := os.WriteFile(initrd, buf.Bytes(), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			break
+		}
+	}
+	// A second, uncompressed archive after the gzipped one: its file must
+	// reach the guest (the .initrd concatenation keeps it 4-aligned).
+	second := filepath.Join(dir, "second.cpio")
+	f2, err := os.Create(second)
 	if err != nil {
 		t.Fatal(err)
 	}
-	const probe = "#!/bin/sh\nmount -t proc proc /proc\necho \"UKI-CMDLINE-BEGIN[$(cat /proc/cmdline)]UKI-CMDLINE-END\"\npoweroff -f\n"
-	if err := initramfs.BusyboxImage(f, probe, true); err != nil {
+	w2, _ := initramfs.NewWriter(f2, initramfs.Options{})
+	if err := w2.AddFile("/etc/second", []byte("from-second-archive"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	f.Close()
-	opts.Initrds = []string{initrd}
+	if err := w2.Close(); err != nil {
+		t.Fatal(err)
+	}
+	f2.Close()
+	if st, _ := os.Stat(initrd); st.Size()%4 == 0 {
+		t.Fatal("could not make a gzipped probe of unaligned length")
+	}
+	opts.Initrds = []string{initrd, second}
 	opts.Cmdline = "console=ttyS0 panic=-1 dstack.rootfs_hash=" + strings.Repeat("0f", 32) + " dstack.rootfs_size=4096  quiet"
 	opts.Out = filepath.Join(dir, "uki.efi")
 	if _, err := Build(opts); err != nil {
@@ -355,6 +381,9 @@ func TestBootUnderOVMF(t *testing.T) {
 	}
 	if m[1] != opts.Cmdline {
 		t.Fatalf("kernel saw command line\n %q\nembedded\n %q", m[1], opts.Cmdline)
+	}
+	if _, err := vm.WaitFor(regexp.MustCompile(`SECOND-INITRD\[from-second-archive\]`), time.Minute); err != nil {
+		t.Fatal(err)
 	}
 	if err := vm.Wait(time.Minute); err != nil && !errors.Is(err, qemu.ErrTimeout) {
 		t.Logf("qemu exit: %v", err)
