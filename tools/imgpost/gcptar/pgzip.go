@@ -44,14 +44,15 @@ type GzipWriter struct {
 	size    uint64
 	written int64
 	wg      sync.WaitGroup
-	pool    sync.Pool
+	pool    sync.Pool // input blocks
+	outPool sync.Pool // *bytes.Buffer for compressed blocks
 }
 
 type job struct {
 	in    []byte
 	dict  []byte
 	final bool
-	out   bytes.Buffer
+	out   *bytes.Buffer
 	crc   uint32
 	err   error
 	ready chan struct{}
@@ -83,6 +84,7 @@ func NewGzipWriter(w io.Writer, level, workers, blockSize int) (*GzipWriter, err
 		done:  make(chan struct{}),
 	}
 	z.pool.New = func() any { return make([]byte, 0, blockSize) }
+	z.outPool.New = func() any { return new(bytes.Buffer) }
 	z.buf = z.pool.Get().([]byte)[:0]
 	for i := 0; i < workers; i++ {
 		z.wg.Add(1)
@@ -97,12 +99,14 @@ func (z *GzipWriter) worker() {
 	var fw *flate.Writer
 	for j := range z.jobs {
 		j.crc = crc32.ChecksumIEEE(j.in)
+		j.out = z.outPool.Get().(*bytes.Buffer)
+		j.out.Reset()
 		j.out.Grow(len(j.in) + len(j.in)/64 + 64)
 		var err error
 		if fw == nil || len(j.dict) > 0 {
-			fw, err = flate.NewWriterDict(&j.out, z.level, j.dict)
+			fw, err = flate.NewWriterDict(j.out, z.level, j.dict)
 		} else {
-			fw.Reset(&j.out)
+			fw.Reset(j.out)
 		}
 		if err == nil {
 			_, err = fw.Write(j.in)
@@ -141,6 +145,7 @@ func (z *GzipWriter) writer() {
 			}
 		}
 		z.pool.Put(j.in[:0])
+		z.outPool.Put(j.out)
 		if j.final && !failed {
 			var tr [8]byte
 			binary.LittleEndian.PutUint32(tr[0:4], z.crc)
