@@ -66,7 +66,8 @@ export SOURCE_DATE_EPOCH
 export DSTACK_GIT_REVISION="$COMMIT"
 export DSTACK_CONTAINER=1 DSTACK_CONTAINER_IMAGE="$TAG" DSTACK_CONTAINER_ENGINE="$ENGINE"
 # Downloads (checksummed sources) are shared between the two builds; nothing
-# built is: each build has its own sstate and no hash-equivalence server.
+# built is: each build has its own sstate and its own local hash-equivalence
+# server (BitBake's default BB_HASHSERVE=auto, kept in the build directory).
 export DL_DIR="${DL_DIR:-$THIS_DIR/downloads}"
 unset SSTATE_DIR SSTATE_MIRRORS BB_HASHSERVE BB_HASHSERVE_UPSTREAM
 mkdir -p "$DL_DIR"
