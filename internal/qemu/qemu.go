@@ -31,6 +31,7 @@ import (
 	"regexp"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -435,9 +436,16 @@ func (vm *VM) Wait(timeout time.Duration) error {
 	}
 }
 
-// Kill stops QEMU (SIGKILL) if it still runs and waits until it is reaped.
+// Kill stops QEMU if it still runs — SIGTERM (QEMU exits cleanly on it),
+// then SIGKILL after 5 seconds — and waits until it is reaped.
 func (vm *VM) Kill() {
-	if vm.cmd != nil && vm.cmd.Process != nil && !vm.Exited() {
+	if vm.cmd == nil || vm.cmd.Process == nil || vm.Exited() {
+		return
+	}
+	vm.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-vm.done:
+	case <-time.After(5 * time.Second):
 		vm.cmd.Process.Kill()
 		<-vm.done
 	}
