@@ -1,0 +1,558 @@
+// Package dist runs imgpost's whole chain: from BitBake's outputs (kernel,
+// initramfs, squashfs rootfs, systemd EFI stub, optional OVMF) to the
+// shippable dstack set:
+//
+//	<out>/<dist>-<ver>/            bzImage, initramfs.cpio.gz, rootfs.img.verity,
+//	                               ovmf.fd (when given), dstack-uki.efi,
+//	                               dstack-uki.efi.auth_hash.txt, metadata.json,
+//	                               sha256sum.txt, digest.txt
+//	<out>/<dist>-<ver>/gcp/disk.raw
+//	<out>/<dist>-<ver>.tar.gz      bare-metal tarball (the set above, without gcp/)
+//	<out>/<dist>-<ver>-gcp.tar.gz  GCP import tarball (one member, disk.raw)
+//
+// Everything is built in a temporary directory beside the outputs and
+// renamed into place only when every stage succeeded, so a failure leaves
+// nothing that looks finished.
+package dist
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/atomicfile"
+	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/authenticode"
+	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/disk"
+	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/gcptar"
+	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/sqfs"
+	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/uki"
+	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/verity"
+)
+
+// File names inside <dist>-<ver>/.
+const (
+	KernelName   = "bzImage"
+	InitrdName   = "initramfs.cpio.gz"
+	RootfsName   = "rootfs.img.verity"
+	OVMFName     = "ovmf.fd"
+	UKIName      = "dstack-uki.efi"
+	AuthHashName = UKIName + authenticode.HashFileSuffix
+	MetadataName = "metadata.json"
+	SumName      = "sha256sum.txt"
+	DigestName   = "digest.txt"
+	GCPDir       = "gcp"
+	DiskName     = "disk.raw"
+)
+
+// DefaultCmdlineBase is the base kernel command line when none is given
+// (the upstream dstack arguments; the layer's values file carries the same).
+const DefaultCmdlineBase = "console=ttyS0 init=/init panic=1 net.ifnames=0 biosdevname=0 mce=off oops=panic pci=noearly pci=nommconf random.trust_cpu=y random.trust_bootloader=n tsc=reliable no-kvmclock"
+
+// CoherentPool is always added to the command line (see DESIGN.md).
+const CoherentPool = "coherent_pool=8M"
+
+// RootfsDeviceArg is what the UKI's command line adds: the disk's rootfs partition.
+const RootfsDeviceArg = "dstack.rootfs_device=PARTLABEL=" + disk.RootfsName
+
+// Options are dist's inputs.
+type Options struct {
+	Kernel, Initrd, Rootfs, Stub string // required input files
+	OVMF                         string // firmware to ship; "" for none
+	DistName, Version            string // <dist>-<ver>
+	Flavor                       string // "prod" or "dev" (is_dev)
+	GitRevision                  string // recorded in metadata.json
+	OutDir                       string // parent of the outputs (created if missing)
+	// CmdlineBase is the base kernel command line ("": DefaultCmdlineBase).
+	CmdlineBase string
+	// GCPCmdlineExtra are extra arguments for the UKI only (e.g. dstack.data_dev=/dev/nvme0n2).
+	GCPCmdlineExtra []string
+	// NoGCP skips disk.raw and the GCP tarball.
+	NoGCP bool
+	// NoTarball skips the bare-metal tarball.
+	NoTarball bool
+	// ESPSize is the ESP size (0: disk.DefaultESPSize).
+	ESPSize int64
+	// Verity holds the salt and UUID (zero value: verity.DefaultParams()).
+	Verity *verity.Params
+	// MTime stamps the tarballs' members (zero: SOURCE_DATE_EPOCH, else the Unix epoch).
+	MTime time.Time
+	// Log receives progress and stage lines (nil: none). With Terminal, progress
+	// is redrawn in place; otherwise one line per stage.
+	Log      io.Writer
+	Terminal bool
+}
+
+// Artifact is one output, as the summary lists it.
+type Artifact struct {
+	Path   string // final path
+	Size   int64
+	SHA256 string
+}
+
+// Stage is one timed step.
+type Stage struct {
+	Name     string
+	Duration time.Duration
+	Bytes    int64
+}
+
+// Result describes a finished dist run.
+type Result struct {
+	Name       string // <dist>-<ver>
+	Dir        string // <out>/<dist>-<ver>
+	Verity     *verity.Info
+	Cmdline    string // bare-metal command line (metadata.json)
+	UKICmdline string // the UKI's command line
+	AuthHash   string // the UKI's SHA-256 Authenticode digest
+	Digest     string // digest.txt
+	Artifacts  []Artifact
+	Stages     []Stage
+}
+
+var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._+-]*$`)
+
+// Cmdlines returns the bare-metal and UKI command lines for a verity image.
+func Cmdlines(base string, info *verity.Info, extra []string) (bare, ukiCmd string) {
+	args := append(strings.Fields(base), CoherentPool,
+		"dstack.rootfs_hash="+info.RootHashHex(),
+		fmt.Sprintf("dstack.rootfs_size=%d", info.DataSize()))
+	bare = strings.Join(args, " ")
+	ukiArgs := append(append(args, RootfsDeviceArg), extra...)
+	return bare, strings.Join(ukiArgs, " ")
+}
+
+func (o *Options) check() error {
+	for _, in := range []struct{ flag, path string }{
+		{"--kernel", o.Kernel}, {"--initrd", o.Initrd}, {"--rootfs", o.Rootfs}, {"--stub", o.Stub}, {"--ovmf", o.OVMF},
+	} {
+		if in.path == "" {
+			if in.flag == "--ovmf" {
+				continue
+			}
+			return fmt.Errorf("%s is required", in.flag)
+		}
+		st, err := os.Stat(in.path)
+		if err != nil {
+			return fmt.Errorf("%s %s: %w", in.flag, in.path, errors.Unwrap(err))
+		}
+		if !st.Mode().IsRegular() {
+			return fmt.Errorf("%s %s: not a regular file", in.flag, in.path)
+		}
+		if st.Size() == 0 {
+			return fmt.Errorf("%s %s: empty file", in.flag, in.path)
+		}
+	}
+	if !nameRE.MatchString(o.DistName) {
+		return fmt.Errorf("--dist-name %q: want letters, digits and . _ + - (no slash, not empty)", o.DistName)
+	}
+	if !nameRE.MatchString(o.Version) {
+		return fmt.Errorf("--version %q: want letters, digits and . _ + - (no slash, not empty)", o.Version)
+	}
+	if o.Flavor != "prod" && o.Flavor != "dev" {
+		return fmt.Errorf("--flavor %q: want prod or dev", o.Flavor)
+	}
+	for _, a := range o.GCPCmdlineExtra {
+		if a == "" || strings.ContainsAny(a, " \t\n\"'") {
+			return fmt.Errorf("--gcp-cmdline-extra %q: one argument without blanks or quotes each", a)
+		}
+	}
+	if o.OutDir == "" {
+		return errors.New("--out-dir is empty")
+	}
+	return nil
+}
+
+// Run does the whole chain and returns the result. On error nothing is left
+// under the final names (a previous run's outputs are kept as they were).
+func Run(o Options) (res *Result, err error) {
+	if o.CmdlineBase == "" {
+		o.CmdlineBase = DefaultCmdlineBase
+	}
+	if err := o.check(); err != nil {
+		return nil, err
+	}
+	lg := &logger{w: o.Log, tty: o.Terminal}
+	name := o.DistName + "-" + o.Version
+	res = &Result{Name: name, Dir: filepath.Join(o.OutDir, name)}
+
+	// Early checks of the inputs, before any heavy work.
+	if _, err := sqfs.Check(o.Rootfs); err != nil {
+		return nil, fmt.Errorf("--rootfs: %w", err)
+	}
+	if _, err := uki.Inspect(o.Stub); err != nil {
+		return nil, fmt.Errorf("--stub %s: not a PE image: %w", o.Stub, err)
+	}
+	if _, err := uki.Inspect(o.Kernel); err != nil {
+		return nil, fmt.Errorf("--kernel %s: not an EFI-stub kernel (PE image): %w", o.Kernel, err)
+	}
+
+	if err := os.MkdirAll(o.OutDir, 0o755); err != nil {
+		return nil, fmt.Errorf("--out-dir: %w", err)
+	}
+	stage, err := os.MkdirTemp(o.OutDir, "."+name+".tmp-")
+	if err != nil {
+		return nil, fmt.Errorf("--out-dir %s: cannot write there: %w", o.OutDir, errors.Unwrap(err))
+	}
+	defer os.RemoveAll(stage)
+	sdir := filepath.Join(stage, name)
+	if err := os.MkdirAll(filepath.Join(sdir, GCPDir), 0o755); err != nil {
+		return nil, err
+	}
+	in := func(n string) string { return filepath.Join(sdir, n) }
+	hashes := newHashSet()
+
+	// 1. Copy the boot inputs (hashing them on the way).
+	t := lg.start("copy inputs")
+	var copied int64
+	copies := [][2]string{{o.Kernel, KernelName}, {o.Initrd, InitrdName}}
+	if o.OVMF != "" {
+		copies = append(copies, [2]string{o.OVMF, OVMFName})
+	}
+	for _, c := range copies {
+		n, sum, err := copyHashed(c[0], in(c[1]))
+		if err != nil {
+			return nil, err
+		}
+		hashes.set(c[1], sum)
+		copied += n
+	}
+	res.Stages = append(res.Stages, t.done(copied))
+
+	// 2. verity.
+	t = lg.start("verity")
+	vp := verity.DefaultParams()
+	if o.Verity != nil {
+		vp = *o.Verity
+	}
+	vinfo, err := verity.FormatFile(o.Rootfs, in(RootfsName), vp)
+	if err != nil {
+		return nil, fmt.Errorf("stage verity: %w", err)
+	}
+	res.Verity = vinfo
+	res.Stages = append(res.Stages, t.done(vinfo.Size()))
+	// The rootfs image's sha256 is for the summary only: compute it beside the next stages.
+	hashes.background(RootfsName, in(RootfsName))
+
+	// 3. Command lines and the UKI.
+	res.Cmdline, res.UKICmdline = Cmdlines(o.CmdlineBase, vinfo, o.GCPCmdlineExtra)
+	if err := uki.CheckCmdline(res.UKICmdline); err != nil {
+		return nil, fmt.Errorf("UKI command line: %w", err)
+	}
+	t = lg.start("uki")
+	osrel := filepath.Join(stage, "os-release")
+	if err := os.WriteFile(osrel, []byte(osRelease(o)), 0o644); err != nil {
+		return nil, err
+	}
+	uinfo, err := uki.Build(uki.Options{
+		Stub: o.Stub, Linux: o.Kernel, Initrds: []string{o.Initrd},
+		Cmdline: res.UKICmdline, OSRelease: osrel, Out: in(UKIName),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("stage uki: %w", err)
+	}
+	os.Remove(osrel)
+	if res.AuthHash, err = authenticode.WriteHashFile(in(UKIName), in(AuthHashName)); err != nil {
+		return nil, fmt.Errorf("stage uki: authenticode: %w", err)
+	}
+	res.Stages = append(res.Stages, t.done(uinfo.Size))
+	hashes.background(UKIName, in(UKIName))
+	hashes.background(AuthHashName, in(AuthHashName))
+
+	// 4. metadata.json, sha256sum.txt, digest.txt.
+	md := &Metadata{
+		Kernel: KernelName, Cmdline: res.Cmdline, Initrd: InitrdName, Rootfs: RootfsName,
+		Version: o.Version, GitRevision: o.GitRevision, SharedRO: true, IsDev: o.Flavor == "dev",
+	}
+	if o.OVMF != "" {
+		md.BIOS = OVMFName
+	}
+	mj := md.JSON()
+	if err := atomicfile.WriteFile(in(MetadataName), mj, 0o644); err != nil {
+		return nil, err
+	}
+	hashes.setBytes(MetadataName, mj)
+	var sums []SumEntry
+	for _, n := range sumFiles(o.OVMF != "") {
+		sums = append(sums, SumEntry{SHA256: hashes.get(n), Name: n})
+	}
+	sumText := SHA256SumText(sums)
+	digest := DigestText(sumText)
+	res.Digest = strings.TrimSpace(string(digest))
+	if err := atomicfile.WriteFile(in(SumName), sumText, 0o644); err != nil {
+		return nil, err
+	}
+	if err := atomicfile.WriteFile(in(DigestName), digest, 0o644); err != nil {
+		return nil, err
+	}
+	hashes.setBytes(SumName, sumText)
+	hashes.setBytes(DigestName, digest)
+
+	mtime := o.MTime
+	if mtime.IsZero() {
+		sde, ok, err := disk.SourceDateEpoch()
+		if err != nil {
+			return nil, err
+		}
+		mtime = time.Unix(0, 0)
+		if ok {
+			mtime = sde
+		}
+	}
+
+	// 5. disk.raw and the GCP tarball.
+	finals := []string{name}
+	if !o.NoGCP {
+		t = lg.start("disk")
+		l, err := disk.BuildFile(filepath.Join(sdir, GCPDir, DiskName), in(UKIName), in(RootfsName),
+			disk.Options{ESPSize: o.ESPSize, Progress: lg.progress("disk")})
+		if err != nil {
+			return nil, fmt.Errorf("stage disk: %w", err)
+		}
+		res.Stages = append(res.Stages, t.done(l.RootfsData+l.UKISize))
+		hashes.background(GCPDir+"/"+DiskName, filepath.Join(sdir, GCPDir, DiskName))
+
+		t = lg.start("gcp")
+		gname := name + "-gcp.tar.gz"
+		r, sum, err := writeHashed(filepath.Join(stage, gname), func(w io.Writer) (int64, error) {
+			df, err := os.Open(filepath.Join(sdir, GCPDir, DiskName))
+			if err != nil {
+				return 0, err
+			}
+			defer df.Close()
+			r, err := gcptar.Write(w, df, gcptar.Options{MTime: &mtime, Progress: lg.progress("gcp")})
+			return r.DataSize, err
+		})
+		if err != nil {
+			return nil, fmt.Errorf("stage gcp: %w", err)
+		}
+		hashes.set(gname, sum)
+		res.Stages = append(res.Stages, t.done(r))
+		finals = append(finals, gname)
+	}
+
+	// 6. The bare-metal tarball.
+	if !o.NoTarball {
+		t = lg.start("tarball")
+		tname := name + ".tar.gz"
+		files := append(sumFiles(o.OVMF != ""), RootfsName, UKIName, AuthHashName, SumName, DigestName)
+		n, sum, err := writeHashed(filepath.Join(stage, tname), func(w io.Writer) (int64, error) {
+			return WriteTarball(w, sdir, name, files, mtime)
+		})
+		if err != nil {
+			return nil, fmt.Errorf("stage tarball: %w", err)
+		}
+		hashes.set(tname, sum)
+		res.Stages = append(res.Stages, t.done(n))
+		finals = append(finals, tname)
+	}
+	if o.NoGCP {
+		os.Remove(filepath.Join(sdir, GCPDir))
+	}
+
+	// 7. Summary hashes (waits for the background ones).
+	t = lg.start("checksums")
+	if err := hashes.wait(); err != nil {
+		return nil, fmt.Errorf("stage checksums: %w", err)
+	}
+	res.Stages = append(res.Stages, t.done(0))
+	for _, n := range []string{KernelName, InitrdName, OVMFName, RootfsName, UKIName, AuthHashName, MetadataName, SumName, DigestName, GCPDir + "/" + DiskName} {
+		if h := hashes.get(n); h != "" {
+			st, err := os.Stat(in(n))
+			if err != nil {
+				return nil, err
+			}
+			res.Artifacts = append(res.Artifacts, Artifact{Path: filepath.Join(res.Dir, n), Size: st.Size(), SHA256: h})
+		}
+	}
+	for _, f := range finals[1:] {
+		st, err := os.Stat(filepath.Join(stage, f))
+		if err != nil {
+			return nil, err
+		}
+		res.Artifacts = append(res.Artifacts, Artifact{Path: filepath.Join(o.OutDir, f), Size: st.Size(), SHA256: hashes.get(f)})
+	}
+
+	// 8. Publish: move the finished set into place.
+	if err := publish(stage, o.OutDir, finals, name, o.NoGCP, o.NoTarball); err != nil {
+		return nil, err
+	}
+	lg.clear()
+	return res, nil
+}
+
+// sumFiles are the files sha256sum.txt covers, in upstream's order.
+func sumFiles(ovmf bool) []string {
+	if ovmf {
+		return []string{OVMFName, KernelName, InitrdName, MetadataName}
+	}
+	return []string{KernelName, InitrdName, MetadataName}
+}
+
+func osRelease(o Options) string {
+	return fmt.Sprintf("NAME=%q\nID=dstack\nVERSION_ID=%q\nPRETTY_NAME=%q\nVARIANT_ID=%s\n",
+		o.DistName, o.Version, o.DistName+" "+o.Version, o.Flavor)
+}
+
+// publish renames the staged outputs to their final names: the previous
+// <name>/ directory (if any) is moved aside and removed only after the new
+// one is in place; stale tarballs of a skipped kind are removed.
+func publish(stage, outDir string, finals []string, name string, noGCP, noTar bool) error {
+	old := filepath.Join(stage, ".previous")
+	final := filepath.Join(outDir, name)
+	if _, err := os.Lstat(final); err == nil {
+		if err := os.Rename(final, old); err != nil {
+			return fmt.Errorf("publish: move the previous %s aside: %w", final, err)
+		}
+	}
+	var done []string
+	for _, f := range finals {
+		if err := os.Rename(filepath.Join(stage, f), filepath.Join(outDir, f)); err != nil {
+			for _, d := range done {
+				os.RemoveAll(filepath.Join(outDir, d))
+			}
+			if _, e := os.Lstat(old); e == nil {
+				os.Rename(old, final)
+			}
+			return fmt.Errorf("publish %s: %w", filepath.Join(outDir, f), err)
+		}
+		done = append(done, f)
+	}
+	if noGCP {
+		os.Remove(filepath.Join(outDir, name+"-gcp.tar.gz"))
+	}
+	if noTar {
+		os.Remove(filepath.Join(outDir, name+".tar.gz"))
+	}
+	return nil
+}
+
+// copyHashed copies src to dst (atomically) and returns its size and sha256.
+func copyHashed(src, dst string) (int64, string, error) {
+	in, err := os.Open(src)
+	if err != nil {
+		return 0, "", err
+	}
+	defer in.Close()
+	out, err := atomicfile.Create(dst, 0o644)
+	if err != nil {
+		return 0, "", err
+	}
+	defer out.Abort()
+	h := sha256.New()
+	n, err := io.Copy(io.MultiWriter(out.File, h), in)
+	if err != nil {
+		return 0, "", fmt.Errorf("copy %s: %w", src, err)
+	}
+	if err := out.Commit(); err != nil {
+		return 0, "", err
+	}
+	return n, hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// writeHashed writes path through fill (atomically) and returns what fill
+// returned and the file's sha256.
+func writeHashed(path string, fill func(io.Writer) (int64, error)) (int64, string, error) {
+	out, err := atomicfile.Create(path, 0o644)
+	if err != nil {
+		return 0, "", err
+	}
+	defer out.Abort()
+	h := sha256.New()
+	n, err := fill(io.MultiWriter(out.File, h))
+	if err != nil {
+		return 0, "", err
+	}
+	if err := out.Commit(); err != nil {
+		return 0, "", err
+	}
+	return n, hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// hashSet collects the sha256 of the artifacts; big files are hashed in the
+// background while later stages run.
+type hashSet struct {
+	mu   sync.Mutex
+	m    map[string]string
+	wg   sync.WaitGroup
+	errs []error
+}
+
+func newHashSet() *hashSet { return &hashSet{m: map[string]string{}} }
+
+func (h *hashSet) set(name, sum string) {
+	h.mu.Lock()
+	h.m[name] = sum
+	h.mu.Unlock()
+}
+
+func (h *hashSet) setBytes(name string, b []byte) {
+	s := sha256.Sum256(b)
+	h.set(name, hex.EncodeToString(s[:]))
+}
+
+func (h *hashSet) get(name string) string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.m[name]
+}
+
+func (h *hashSet) background(name, path string) {
+	h.wg.Add(1)
+	go func() {
+		defer h.wg.Done()
+		sum, err := fileSHA256(path)
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		if err != nil {
+			h.errs = append(h.errs, err)
+			return
+		}
+		h.m[name] = sum
+	}()
+}
+
+func (h *hashSet) wait() error {
+	h.wg.Wait()
+	return errors.Join(h.errs...)
+}
+
+// fileSHA256 hashes a file; the holes of a sparse file are hashed as zeros
+// without being read.
+func fileSHA256(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	regions, size, err := gcptar.SparseMap(f)
+	if err != nil {
+		return "", fmt.Errorf("sha256 %s: %w", path, err)
+	}
+	h := sha256.New()
+	zeros := make([]byte, 1<<20)
+	var pos int64
+	hashZeros := func(n int64) {
+		for n > 0 {
+			c := min(n, int64(len(zeros)))
+			h.Write(zeros[:c])
+			n -= c
+		}
+	}
+	for _, r := range regions {
+		hashZeros(r.Offset - pos)
+		if _, err := io.Copy(h, io.NewSectionReader(f, r.Offset, r.Size)); err != nil {
+			return "", fmt.Errorf("sha256 %s: %w", path, err)
+		}
+		pos = r.Offset + r.Size
+	}
+	hashZeros(size - pos)
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
