@@ -112,13 +112,16 @@ func FindHost() (Host, []Missing) {
 	return h, miss
 }
 
+// toolDirs are searched after PATH by lookPath.
+var toolDirs = []string{"/usr/sbin", "/sbin", "/usr/bin", "/bin"}
+
 // lookPath is exec.LookPath that also searches the sbin directories, which a
 // normal user's PATH may lack.
 func lookPath(name string) (string, error) {
 	if p, err := exec.LookPath(name); err == nil {
 		return p, nil
 	}
-	for _, d := range []string{"/usr/sbin", "/sbin", "/usr/bin", "/bin"} {
+	for _, d := range toolDirs {
 		p := filepath.Join(d, name)
 		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
 			return p, nil
@@ -185,6 +188,9 @@ func SharedLibs(bin string) ([]string, error) {
 			interp := strings.TrimRight(string(b), "\x00")
 			if !seen[interp] {
 				seen[interp] = true
+				// libc names ld.so as DT_NEEDED too: the dynamic linker
+				// matches it by soname to the interpreter already loaded
+				seen["soname:"+filepath.Base(interp)] = true
 				out = append(out, interp)
 			}
 		}
@@ -193,6 +199,10 @@ func SharedLibs(bin string) ([]string, error) {
 			return fmt.Errorf("demo: %s: %w", path, err)
 		}
 		for _, soname := range needed {
+			if seen["soname:"+soname] {
+				continue
+			}
+			seen["soname:"+soname] = true
 			lib := ""
 			for _, d := range libDirs {
 				p := filepath.Join(d, soname)
