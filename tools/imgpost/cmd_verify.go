@@ -1,0 +1,44 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+
+	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/verifyimg"
+)
+
+func init() {
+	register(command{
+		name:    "verify",
+		summary: "check a disk.raw, a dist directory or a GCP tarball offline",
+		run:     runVerify,
+	})
+}
+
+func runVerify(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("verify", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, "usage: imgpost verify PATH")
+		fmt.Fprintln(stderr, "PATH is a disk.raw, a <dist>-<ver>/ directory or a <dist>-<ver>-gcp.tar.gz.")
+		fmt.Fprintln(stderr, "Exit 0 with a short report, or 1 naming the first mismatch.")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return usagef("%v", err)
+	}
+	if fs.NArg() != 1 {
+		return usagef("want one PATH, got %d arguments", fs.NArg())
+	}
+	rep, err := verifyimg.Verify(fs.Arg(0))
+	if err != nil {
+		return err
+	}
+	fmt.Fprint(stdout, rep.String())
+	return nil
+}
