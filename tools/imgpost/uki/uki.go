@@ -76,18 +76,18 @@ type Section struct {
 // Info describes a UKI (or any PE image): its sections and the text of its
 // .cmdline, .osrel and .uname sections (empty when absent).
 type Info struct {
-	Size        int64     `json:"size"`
-	Sections    []Section `json:"sections"`
-	Cmdline     string    `json:"cmdline,omitempty"`
-	HasCmdline  bool      `json:"-"`
-	OSRelease   string    `json:"os_release,omitempty"`
-	Uname       string    `json:"uname,omitempty"`
-	LinuxSize   uint32    `json:"linux_size,omitempty"`
-	InitrdSize  uint32    `json:"initrd_size,omitempty"`
-	ImageSize   uint32    `json:"size_of_image"`
-	CheckSum    uint32    `json:"checksum"`
-	Subsystem   uint16    `json:"subsystem"`
-	TimeDateSec uint32    `json:"time_date_stamp"`
+	Size          int64     `json:"size"`
+	Sections      []Section `json:"sections"`
+	Cmdline       string    `json:"cmdline,omitempty"`
+	HasCmdline    bool      `json:"-"`
+	OSRelease     string    `json:"os_release,omitempty"`
+	Uname         string    `json:"uname,omitempty"`
+	LinuxSize     uint32    `json:"linux_size,omitempty"`
+	InitrdSize    uint32    `json:"initrd_size,omitempty"`
+	ImageSize     uint32    `json:"size_of_image"`
+	CheckSum      uint32    `json:"checksum"`
+	Subsystem     uint16    `json:"subsystem"`
+	TimeDateStamp uint32    `json:"time_date_stamp"`
 }
 
 // CheckCmdline reports why s is not an acceptable UKI command line, or nil.
@@ -452,7 +452,7 @@ func InspectReader(r io.ReaderAt, size int64) (*Info, error) {
 		return nil, fmt.Errorf("not a PE image: %w", err)
 	}
 	defer pf.Close()
-	info := &Info{Size: size, TimeDateSec: pf.TimeDateStamp}
+	info := &Info{Size: size, TimeDateStamp: pf.TimeDateStamp}
 	switch oh := pf.OptionalHeader.(type) {
 	case *pe.OptionalHeader64:
 		info.ImageSize, info.CheckSum, info.Subsystem = oh.SizeOfImage, oh.CheckSum, oh.Subsystem
