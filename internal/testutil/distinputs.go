@@ -1,0 +1,58 @@
+package testutil
+
+import (
+	"bytes"
+	"compress/gzip"
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+// DistInputs are small, real inputs for `imgpost dist`.
+type DistInputs struct {
+	Kernel, Initrd, Rootfs, Stub, OVMF string
+}
+
+// DebianOVMF is Debian's 4 MiB OVMF code image (package ovmf).
+const DebianOVMF = "/usr/share/OVMF/OVMF_CODE_4M.fd"
+
+// MakeDistInputs prepares dist inputs in dir: the Debian kernel and systemd
+// stub, Debian's OVMF, a tiny gzip'd newc cpio initramfs and a squashfs with
+// payload bytes of random data (seeded).
+func MakeDistInputs(t testing.TB, dir string, payload int64, seed uint64) DistInputs {
+	t.Helper()
+	NeedFile(t, DebianStub, "systemd-boot-efi")
+	NeedFile(t, DebianOVMF, "ovmf")
+	in := DistInputs{
+		Kernel: DebianKernel(t),
+		Stub:   DebianStub,
+		OVMF:   DebianOVMF,
+		Rootfs: Squashfs(t, dir, "rootfs.squashfs", payload, seed, false),
+		Initrd: filepath.Join(dir, "initramfs.cpio.gz"),
+	}
+	var z bytes.Buffer
+	gw, _ := gzip.NewWriterLevel(&z, gzip.BestCompression)
+	gw.Write(newcTrailerOnly())
+	gw.Close()
+	if err := os.WriteFile(in.Initrd, z.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return in
+}
+
+// newcTrailerOnly is an empty newc cpio archive (just the TRAILER!!! entry),
+// padded to 512 bytes.
+func newcTrailerOnly() []byte {
+	name := "TRAILER!!!\x00"
+	h := fmt.Sprintf("070701%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X",
+		0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, len(name), 0)
+	b := []byte(h + name)
+	for len(b)%4 != 0 {
+		b = append(b, 0)
+	}
+	for len(b)%512 != 0 {
+		b = append(b, 0)
+	}
+	return b
+}

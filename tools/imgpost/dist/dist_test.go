@@ -1,0 +1,335 @@
+package dist
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/Dstack-TEE/meta-dstack/internal/testutil"
+)
+
+const testEpoch = 1700000000
+
+func baseOptions(in testutil.DistInputs, out string) Options {
+	return Options{
+		Kernel: in.Kernel, Initrd: in.Initrd, Rootfs: in.Rootfs, Stub: in.Stub, OVMF: in.OVMF,
+		DistName: "dstack", Version: "0.5.0", Flavor: "dev", GitRevision: "0123abc",
+		OutDir: out, GCPCmdlineExtra: []string{"dstack.data_dev=/dev/nvme0n2"},
+	}
+}
+
+// tree lists every regular file under dir (relative paths) with its bytes' sha256.
+func tree(t *testing.T, dir string) map[string]string {
+	t.Helper()
+	m := map[string]string{}
+	err := filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, p)
+		if d.IsDir() {
+			m[rel+"/"] = "dir"
+			return nil
+		}
+		sum, err := fileSHA256(p)
+		if err != nil {
+			return err
+		}
+		m[rel] = sum
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// TestDist runs the chain twice and checks the outputs with the independent
+// tools: byte-identical runs, sha256sum -c, digest, veritysetup verify with the
+// metadata's command line, objcopy's view of the UKI's .cmdline, GNU tar's view
+// of both tarballs (extracted files equal the directory's), sgdisk on disk.raw.
+func TestDist(t *testing.T) {
+	testutil.Need(t, "mksquashfs", "veritysetup", "objcopy", "tar", "sha256sum", "sgdisk")
+	dir := t.TempDir()
+	in := testutil.MakeDistInputs(t, dir, 3<<20, 1)
+	t.Setenv("SOURCE_DATE_EPOCH", fmt.Sprint(testEpoch)) // after mksquashfs, which refuses it beside -mkfs-time
+	var results [2]*Result
+	var outs [2]string
+	var log bytes.Buffer
+	for i := range 2 {
+		outs[i] = filepath.Join(dir, fmt.Sprintf("out%d", i), "images") // created by Run
+		o := baseOptions(in, outs[i])
+		o.Log = &log
+		res, err := Run(o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		results[i] = res
+	}
+	a, b := tree(t, outs[0]), tree(t, outs[1])
+	if fmt.Sprint(a) != fmt.Sprint(b) {
+		t.Fatalf("two runs differ:\n%v\n%v", a, b)
+	}
+	want := []string{
+		"dstack-0.5.0/", "dstack-0.5.0.tar.gz", "dstack-0.5.0-gcp.tar.gz",
+		"dstack-0.5.0/bzImage", "dstack-0.5.0/initramfs.cpio.gz", "dstack-0.5.0/ovmf.fd",
+		"dstack-0.5.0/rootfs.img.verity", "dstack-0.5.0/dstack-uki.efi", "dstack-0.5.0/dstack-uki.efi.auth_hash.txt",
+		"dstack-0.5.0/metadata.json", "dstack-0.5.0/sha256sum.txt", "dstack-0.5.0/digest.txt",
+		"dstack-0.5.0/gcp/", "dstack-0.5.0/gcp/disk.raw", "./",
+	}
+	for _, w := range want {
+		if _, ok := a[w]; !ok {
+			t.Errorf("output %s missing", w)
+		}
+	}
+	if len(a) != len(want) {
+		t.Errorf("outputs: %v, want exactly %v", a, want)
+	}
+	for _, stage := range []string{"verity", "uki", "disk", "gcp", "tarball"} {
+		if !regexp.MustCompile(`(?m)^imgpost dist: ` + stage + ` .* in [0-9.]+ s \(`).MatchString(log.String()) {
+			t.Errorf("no log line for stage %s:\n%s", stage, log.String())
+		}
+	}
+	res := results[0]
+	d := filepath.Join(outs[0], "dstack-0.5.0")
+
+	// The summary's hashes are the files' (sha256sum(1)).
+	if len(res.Artifacts) != 12 {
+		t.Errorf("%d artifacts in the summary, want 12", len(res.Artifacts))
+	}
+	for _, art := range res.Artifacts {
+		o := testutil.Run(t, "sha256sum", art.Path)
+		if !strings.HasPrefix(o, art.SHA256+" ") {
+			t.Errorf("summary says %s %s; sha256sum: %s", art.SHA256, art.Path, o)
+		}
+	}
+	// sha256sum.txt verifies with GNU sha256sum, lists upstream's files, and digest.txt is its hash.
+	cmd := exec.Command("sha256sum", "-c", "--strict", SumName)
+	cmd.Dir = d
+	if o, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("sha256sum -c: %v\n%s", err, o)
+	}
+	sumText, _ := os.ReadFile(filepath.Join(d, SumName))
+	var names []string
+	for _, l := range strings.Split(strings.TrimSpace(string(sumText)), "\n") {
+		names = append(names, strings.Fields(l)[1])
+	}
+	if got := strings.Join(names, " "); got != "ovmf.fd bzImage initramfs.cpio.gz metadata.json" {
+		t.Errorf("sha256sum.txt lists %q", got)
+	}
+	o := testutil.Run(t, "sha256sum", filepath.Join(d, SumName))
+	dg, _ := os.ReadFile(filepath.Join(d, DigestName))
+	if string(dg) != strings.Fields(o)[0]+"\n" {
+		t.Errorf("digest.txt %q, sha256sum says %s", dg, o)
+	}
+	// metadata.json: keys in upstream's order, values as expected.
+	mj, _ := os.ReadFile(filepath.Join(d, MetadataName))
+	var keys []string
+	for _, m := range regexp.MustCompile(`(?m)^    "([a-z_]+)":`).FindAllStringSubmatch(string(mj), -1) {
+		keys = append(keys, m[1])
+	}
+	if got := strings.Join(keys, " "); got != "bios kernel cmdline initrd rootfs version git_revision shared_ro is_dev" {
+		t.Errorf("metadata.json keys: %s", got)
+	}
+	var md map[string]any
+	if err := json.Unmarshal(mj, &md); err != nil {
+		t.Fatal(err)
+	}
+	wantCmd := DefaultCmdlineBase + " coherent_pool=8M dstack.rootfs_hash=" + res.Verity.RootHashHex() +
+		fmt.Sprintf(" dstack.rootfs_size=%d", res.Verity.DataSize())
+	if md["bios"] != "ovmf.fd" || md["kernel"] != "bzImage" || md["initrd"] != "initramfs.cpio.gz" || md["rootfs"] != "rootfs.img.verity" ||
+		md["version"] != "0.5.0" || md["git_revision"] != "0123abc" || md["shared_ro"] != true || md["is_dev"] != true || md["cmdline"] != wantCmd {
+		t.Errorf("metadata.json:\n%s", mj)
+	}
+	// veritysetup accepts the rootfs with the command line's hash and size.
+	rootfs := filepath.Join(d, RootfsName)
+	testutil.Run(t, "veritysetup", "verify", rootfs, rootfs, res.Verity.RootHashHex(), fmt.Sprintf("--hash-offset=%d", res.Verity.DataSize()))
+	// objcopy reads back the UKI's command line.
+	cl := filepath.Join(dir, "cmdline.bin")
+	testutil.Run(t, "objcopy", "-O", "binary", "--only-section=.cmdline", filepath.Join(d, UKIName), cl)
+	got, _ := os.ReadFile(cl)
+	wantUKI := wantCmd + " dstack.rootfs_device=PARTLABEL=dstack-rootfs dstack.data_dev=/dev/nvme0n2"
+	if strings.TrimRight(string(got), "\x00") != wantUKI || res.UKICmdline != wantUKI {
+		t.Errorf("UKI .cmdline %q, want %q", got, wantUKI)
+	}
+	// GNU tar: the bare-metal tarball is sorted, root-owned, dated SOURCE_DATE_EPOCH, and extracts to the same files.
+	tgz := filepath.Join(outs[0], "dstack-0.5.0.tar.gz")
+	list := testutil.Run(t, "tar", "--numeric-owner", "--full-time", "--utc", "-tvzf", tgz)
+	stamp := time.Unix(testEpoch, 0).UTC().Format("2006-01-02 15:04:05")
+	var members []string
+	for _, l := range strings.Split(strings.TrimSpace(list), "\n") {
+		f := strings.Fields(l)
+		if f[1] != "0/0" || f[3]+" "+f[4] != stamp {
+			t.Errorf("tar member not 0/0 at %s: %s", stamp, l)
+		}
+		members = append(members, f[5])
+	}
+	if got := strings.Join(members, " "); got != "dstack-0.5.0/ dstack-0.5.0/bzImage dstack-0.5.0/digest.txt dstack-0.5.0/dstack-uki.efi dstack-0.5.0/dstack-uki.efi.auth_hash.txt dstack-0.5.0/initramfs.cpio.gz dstack-0.5.0/metadata.json dstack-0.5.0/ovmf.fd dstack-0.5.0/rootfs.img.verity dstack-0.5.0/sha256sum.txt" {
+		t.Errorf("tarball members: %s", got)
+	}
+	x := filepath.Join(dir, "x")
+	os.Mkdir(x, 0o755)
+	testutil.Run(t, "tar", "-xzf", tgz, "-C", x)
+	for _, m := range members[1:] {
+		e, _ := os.ReadFile(filepath.Join(x, m))
+		f, _ := os.ReadFile(filepath.Join(outs[0], m))
+		if !bytes.Equal(e, f) {
+			t.Errorf("tarball member %s differs from the file", m)
+		}
+	}
+	if hdr, _ := os.ReadFile(tgz); hdr[3] != 0 || !bytes.Equal(hdr[4:8], []byte{0, 0, 0, 0}) {
+		t.Errorf("gzip header has flags %#x mtime % x; want no name, no time", hdr[3], hdr[4:8])
+	}
+	// The GCP tarball holds one sparse disk.raw.
+	glist := testutil.Run(t, "tar", "-tvzf", filepath.Join(outs[0], "dstack-0.5.0-gcp.tar.gz"))
+	if f := strings.Fields(glist); len(strings.Split(strings.TrimSpace(glist), "\n")) != 1 || f[len(f)-1] != "disk.raw" {
+		t.Errorf("GCP tarball lists:\n%s", glist)
+	}
+	// sgdisk finds the rootfs partition by name and no problem.
+	diskRaw := filepath.Join(d, GCPDir, DiskName)
+	if o := testutil.Run(t, "sgdisk", "-v", diskRaw); !strings.Contains(o, "No problems found") {
+		t.Errorf("sgdisk -v:\n%s", o)
+	}
+	if o := testutil.Run(t, "sgdisk", "-i", "2", diskRaw); !strings.Contains(o, "'dstack-rootfs'") {
+		t.Errorf("sgdisk -i 2:\n%s", o)
+	}
+	// No staging directory left behind.
+	ents, _ := os.ReadDir(outs[0])
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), ".") {
+			t.Errorf("leftover %s", e.Name())
+		}
+	}
+}
+
+// TestDistNoGCPAndRerun checks that NoGCP produces no GCP files (and removes
+// a previous run's GCP tarball), and that a rerun replaces the previous set.
+func TestDistNoGCPAndRerun(t *testing.T) {
+	testutil.Need(t, "mksquashfs")
+	dir := t.TempDir()
+	in := testutil.MakeDistInputs(t, dir, 1<<20, 2)
+	out := filepath.Join(dir, "images")
+	o := baseOptions(in, out)
+	if _, err := Run(o); err != nil {
+		t.Fatal(err)
+	}
+	o.NoGCP = true
+	o.OVMF = ""
+	res, err := Run(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{"dstack-0.5.0-gcp.tar.gz", "dstack-0.5.0/gcp", "dstack-0.5.0/ovmf.fd"} {
+		if _, err := os.Stat(filepath.Join(out, p)); err == nil {
+			t.Errorf("%s exists after a --no-gcp run without --ovmf", p)
+		}
+	}
+	for _, a := range res.Artifacts {
+		if strings.Contains(a.Path, "gcp") {
+			t.Errorf("summary lists %s", a.Path)
+		}
+	}
+	mj, _ := os.ReadFile(filepath.Join(out, "dstack-0.5.0", MetadataName))
+	if !strings.Contains(string(mj), `"bios": "",`) {
+		t.Errorf("metadata.json without --ovmf:\n%s", mj)
+	}
+	if _, err := os.Stat(filepath.Join(out, "dstack-0.5.0.tar.gz")); err != nil {
+		t.Error(err)
+	}
+}
+
+// TestDistBadInputs: each bad input gets its error and leaves nothing in the
+// output directory.
+func TestDistBadInputs(t *testing.T) {
+	testutil.Need(t, "mksquashfs")
+	dir := t.TempDir()
+	in := testutil.MakeDistInputs(t, dir, 100000, 3)
+	notSq := filepath.Join(dir, "not.squashfs")
+	os.WriteFile(notSq, bytes.Repeat([]byte("text "), 2000), 0o644)
+	notPE := filepath.Join(dir, "stub.txt")
+	os.WriteFile(notPE, bytes.Repeat([]byte("MZ not really a PE "), 200), 0o644)
+	roParent := filepath.Join(dir, "ro")
+	os.Mkdir(roParent, 0o755)
+	cases := []struct {
+		name string
+		mod  func(o *Options)
+		want string
+	}{
+		{"missing-kernel", func(o *Options) { o.Kernel = filepath.Join(dir, "nope") }, "--kernel"},
+		{"missing-initrd", func(o *Options) { o.Initrd = filepath.Join(dir, "nope") }, "--initrd"},
+		{"missing-ovmf", func(o *Options) { o.OVMF = filepath.Join(dir, "nope") }, "--ovmf"},
+		{"rootfs-not-squashfs", func(o *Options) { o.Rootfs = notSq }, "not a squashfs"},
+		{"stub-not-pe", func(o *Options) { o.Stub = notPE }, "--stub"},
+		{"kernel-not-pe", func(o *Options) { o.Kernel = notPE }, "--kernel"},
+		{"bad-flavor", func(o *Options) { o.Flavor = "staging" }, "--flavor"},
+		{"bad-name", func(o *Options) { o.DistName = "a/b" }, "--dist-name"},
+		{"bad-extra", func(o *Options) { o.GCPCmdlineExtra = []string{"a b"} }, "--gcp-cmdline-extra"},
+		{"out-dir-is-file", func(o *Options) { o.OutDir = in.Initrd }, "--out-dir"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			out := filepath.Join(dir, "out-"+tc.name)
+			o := baseOptions(in, out)
+			tc.mod(&o)
+			_, err := Run(o)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("err = %v, want one mentioning %q", err, tc.want)
+			}
+			if strings.Contains(err.Error(), "\n") {
+				t.Errorf("multi-line error %q", err)
+			}
+			if ents, _ := os.ReadDir(out); len(ents) != 0 {
+				t.Errorf("output directory not empty: %v", ents)
+			}
+		})
+	}
+}
+
+// TestDistStageFailureLeavesNothing makes a late stage fail (the disk: an ESP
+// too small for the UKI) after verity, UKI and metadata were written, and
+// checks nothing that looks finished is left.
+func TestDistStageFailureLeavesNothing(t *testing.T) {
+	testutil.Need(t, "mksquashfs")
+	dir := t.TempDir()
+	in := testutil.MakeDistInputs(t, dir, 100000, 4)
+	out := filepath.Join(dir, "images")
+	o := baseOptions(in, out)
+	o.ESPSize = 1 << 20 // far too small for a FAT32 ESP
+	_, err := Run(o)
+	if err == nil || !strings.Contains(err.Error(), "stage disk") {
+		t.Fatalf("err = %v, want a disk stage failure", err)
+	}
+	if ents, _ := os.ReadDir(out); len(ents) != 0 {
+		t.Errorf("output directory not empty after a failed stage: %v", ents)
+	}
+}
+
+func TestRootfsArgs(t *testing.T) {
+	h := strings.Repeat("ab", 32)
+	cases := []struct {
+		cmd  string
+		ok   bool
+		size int64
+	}{
+		{"a dstack.rootfs_hash=" + h + " dstack.rootfs_size=4096", true, 4096},
+		{"dstack.rootfs_size=4096", false, 0},
+		{"dstack.rootfs_hash=" + h, false, 0},
+		{"dstack.rootfs_hash=" + h[:62] + " dstack.rootfs_size=4096", false, 0},
+		{"dstack.rootfs_hash=" + h + " dstack.rootfs_size=-1", false, 0},
+		{"dstack.rootfs_hash=" + h + " dstack.rootfs_size=12x", false, 0},
+		{"dstack.rootfs_hash=" + h + " dstack.rootfs_size=1 dstack.rootfs_size=2", false, 0},
+	}
+	for _, tc := range cases {
+		_, size, err := RootfsArgs(tc.cmd)
+		if (err == nil) != tc.ok || size != tc.size {
+			t.Errorf("RootfsArgs(%q) = %d, %v", tc.cmd, size, err)
+		}
+	}
+}
