@@ -53,3 +53,29 @@ func Layer() error {
 		len(res.Written), len(res.Unchanged), len(res.Removed), vpath)
 	return nil
 }
+
+// GuestAgentCrates writes meta-dstack/recipes-dstack/dstack-guest-agent/dstack-guest-agent-crates.inc,
+// the crate:// (crates.io, with sha256) and git:// entries of every dependency
+// of the dstack guest agent, from CARGO_LOCK=path: the Cargo.lock of the dstack
+// revision pinned in the values file (guest_agent.commit), e.g.
+// `git -C dstack show <commit>:Cargo.lock > /tmp/Cargo.lock`.
+func GuestAgentCrates() error {
+	lock := os.Getenv("CARGO_LOCK")
+	if lock == "" {
+		return fmt.Errorf("set CARGO_LOCK to the Cargo.lock of the pinned dstack revision")
+	}
+	vpath := os.Getenv("VALUES")
+	if vpath == "" {
+		vpath = values.DefaultPath
+	}
+	v, err := values.Load(vpath)
+	if err != nil {
+		return err
+	}
+	out := filepath.Join("meta-dstack", "recipes-dstack", "dstack-guest-agent", "dstack-guest-agent-crates.inc")
+	if err := layergen.WriteCratesInc(lock, v.GuestAgent.Commit, out); err != nil {
+		return err
+	}
+	fmt.Println("wrote", out)
+	return nil
+}

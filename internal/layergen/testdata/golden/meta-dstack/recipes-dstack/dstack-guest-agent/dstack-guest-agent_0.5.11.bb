@@ -14,9 +14,32 @@ SRCREV = "40eaf35e6b3f112998d01569f2a26110baab123b"
 
 inherit cargo cargo-update-recipe-crates systemd
 
-# crate:// entries for every package of the pinned Cargo.lock, written by
-# `bitbake -c update_crates dstack-guest-agent` (needs network once).
-include ${BPN}-crates.inc
+# crate:// entries (crates.io, with sha256) and git:// entries for every package of
+# the pinned Cargo.lock: `go run mage.go guestAgentCrates` with CARGO_LOCK set to
+# that revision's Cargo.lock writes this file.
+require ${BPN}-crates.inc
+SRCREV_FORMAT = "default"
+
+# Point cargo at the git dependencies' checkouts: one [patch."<url>"] table per
+# repository (DSTACK_CARGO_GIT lists url|crate|n, grouped by url).
+do_configure:append() {
+	last=
+	for entry in ${DSTACK_CARGO_GIT}; do
+		url=${entry%%|*}
+		rest=${entry#*|}
+		crate=${rest%%|*}
+		n=${rest#*|}
+		manifest=$(grep -rlE --include=Cargo.toml "^name = \"$crate\"" "${UNPACKDIR}/cargo-git/$n" | sort | head -n 1)
+		if [ -z "$manifest" ]; then
+			bbfatal "git dependency $crate: no Cargo.toml naming it in $url"
+		fi
+		if [ "$url" != "$last" ]; then
+			printf '\n[patch."%s"]\n' "$url" >> "${CARGO_HOME}/config.toml"
+			last=$url
+		fi
+		printf '%s = { path = "%s" }\n' "$crate" "$(dirname "$manifest")" >> "${CARGO_HOME}/config.toml"
+	done
+}
 
 CARGO_BUILD_FLAGS:append = " -p dstack-guest-agent -p dstack-util"
 
