@@ -370,6 +370,11 @@ func TestConfigureChoosesMode(t *testing.T) {
 			errHas: []string{"program chrpath is not on PATH", "sudo apt-get install -y chrpath", "all packages at once: sudo apt-get install -y"}},
 		{name: "no docker and root fails listing both", host: noDocker,
 			errHas: []string{"chrpath", "BitBake refuses to run as root", "useradd", "or install docker"}},
+		{name: "docker without a daemon is no fallback", host: func() Host {
+			h := noTools
+			h.EngineWorks = func(string) error { return errors.New("Cannot connect to the Docker daemon") }
+			return h
+		}(), errHas: []string{"program chrpath is not on PATH", "docker is installed but does not work", "Cannot connect to the Docker daemon"}},
 		{name: "bad flavor env", host: okHost(), env: map[string]string{"DSTACK_CONTAINER": "maybe"}, errHas: []string{"DSTACK_CONTAINER"}},
 		{name: "bad ENABLE_GCP_IMAGE", host: okHost(), env: map[string]string{"ENABLE_GCP_IMAGE": "perhaps"}, errHas: []string{"ENABLE_GCP_IMAGE"}},
 		{name: "bad SOURCE_DATE_EPOCH", host: okHost(), env: map[string]string{"SOURCE_DATE_EPOCH": "yesterday"}, errHas: []string{"SOURCE_DATE_EPOCH"}},

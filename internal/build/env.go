@@ -145,11 +145,20 @@ func Configure(e *Env) (*Setup, error) {
 		problems := CheckHost(e.Host, c.BuildDir, minGB)
 		if len(problems) > 0 {
 			_, engineErr := e.Host.LookPath(engine)
+			if engineErr == nil && mode != "0" && e.Host.EngineWorks != nil {
+				if err := e.Host.EngineWorks(engine); err != nil {
+					engineErr = fmt.Errorf("%s is installed but does not work (%v)", engine, err)
+				}
+			}
 			switch {
 			case mode == "0" || engineErr != nil:
 				msg := FormatProblems(problems)
 				if mode != "0" {
-					msg += fmt.Sprintf("  or install %s: the build then runs in the repro-build container (DSTACK_CONTAINER=1)\n", engine)
+					if _, err := e.Host.LookPath(engine); err == nil {
+						msg += fmt.Sprintf("  %v: start it to build in the repro-build container instead\n", engineErr)
+					} else {
+						msg += fmt.Sprintf("  or install %s: the build then runs in the repro-build container (DSTACK_CONTAINER=1)\n", engine)
+					}
 				}
 				if !s.Dry {
 					return nil, fmt.Errorf("%s", strings.TrimRight(msg, "\n"))

@@ -1,6 +1,7 @@
 package build
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -8,6 +9,7 @@ import (
 	"sort"
 	"strings"
 	"syscall"
+	"time"
 )
 
 // Host is what the host check looks at. DefaultHost reads the real machine;
@@ -17,6 +19,9 @@ type Host struct {
 	Locales   func() ([]string, error)          // `locale -a`
 	FreeBytes func(path string) (uint64, error) // free space of the filesystem holding path
 	EUID      int                               // effective user id
+	// EngineWorks checks that a container engine answers (its daemon runs);
+	// nil assumes it does.
+	EngineWorks func(engine string) error
 }
 
 // DefaultHost returns the Host of the running machine.
@@ -32,6 +37,19 @@ func DefaultHost() Host {
 		},
 		FreeBytes: freeBytes,
 		EUID:      os.Geteuid(),
+		EngineWorks: func(engine string) error {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			out, err := exec.CommandContext(ctx, engine, "version").CombinedOutput()
+			if err != nil {
+				msg := strings.TrimSpace(string(out))
+				if i := strings.LastIndex(msg, "\n"); i >= 0 {
+					msg = msg[i+1:]
+				}
+				return fmt.Errorf("%s version: %v: %s", engine, err, msg)
+			}
+			return nil
+		},
 	}
 }
 
