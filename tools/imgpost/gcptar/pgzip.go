@@ -103,10 +103,10 @@ func (z *GzipWriter) worker() {
 		j.out.Reset()
 		j.out.Grow(len(j.in) + len(j.in)/64 + 64)
 		var err error
-		if fw == nil || len(j.dict) > 0 {
+		if fw == nil {
 			fw, err = flate.NewWriterDict(j.out, z.level, j.dict)
 		} else {
-			fw.Reset(j.out)
+			fw.ResetDict(j.out, j.dict) // one compressor per worker, reused
 		}
 		if err == nil {
 			_, err = fw.Write(j.in)
@@ -117,9 +117,6 @@ func (z *GzipWriter) worker() {
 			} else {
 				err = fw.Flush()
 			}
-		}
-		if len(j.dict) > 0 {
-			fw = nil // a dictionary writer cannot be reset to no dictionary
 		}
 		j.err = err
 		close(j.ready)
