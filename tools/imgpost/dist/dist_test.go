@@ -255,8 +255,13 @@ func TestDistBadInputs(t *testing.T) {
 	os.WriteFile(notSq, bytes.Repeat([]byte("text "), 2000), 0o644)
 	notPE := filepath.Join(dir, "stub.txt")
 	os.WriteFile(notPE, bytes.Repeat([]byte("MZ not really a PE "), 200), 0o644)
+	// A directory nobody can create files in: root ignores permission bits, so
+	// as root use /sys (read-only to everyone).
 	roParent := filepath.Join(dir, "ro")
-	os.Mkdir(roParent, 0o755)
+	os.Mkdir(roParent, 0o555)
+	if os.Geteuid() == 0 {
+		roParent = "/sys"
+	}
 	cases := []struct {
 		name string
 		mod  func(o *Options)
@@ -272,6 +277,8 @@ func TestDistBadInputs(t *testing.T) {
 		{"bad-name", func(o *Options) { o.DistName = "a/b" }, "--dist-name"},
 		{"bad-extra", func(o *Options) { o.GCPCmdlineExtra = []string{"a b"} }, "--gcp-cmdline-extra"},
 		{"out-dir-is-file", func(o *Options) { o.OutDir = in.Initrd }, "--out-dir"},
+		{"out-dir-unwritable", func(o *Options) { o.OutDir = roParent }, "--out-dir"},
+		{"out-dir-under-unwritable", func(o *Options) { o.OutDir = filepath.Join(roParent, "images") }, "--out-dir"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -285,8 +292,14 @@ func TestDistBadInputs(t *testing.T) {
 			if strings.Contains(err.Error(), "\n") {
 				t.Errorf("multi-line error %q", err)
 			}
-			if ents, _ := os.ReadDir(out); len(ents) != 0 {
+			if o.OutDir != out {
+				out = o.OutDir
+			}
+			if ents, _ := os.ReadDir(out); len(ents) != 0 && out != "/sys" {
 				t.Errorf("output directory not empty: %v", ents)
+			}
+			if m, _ := filepath.Glob(filepath.Join(out, "*dstack-0.5.0*")); len(m) != 0 {
+				t.Errorf("left behind: %v", m)
 			}
 		})
 	}
