@@ -70,16 +70,16 @@ func CheckReaderAt(r io.ReaderAt, size int64) (info *Info, err error) {
 	if size == 0 {
 		return nil, errors.New("empty file, not a squashfs image")
 	}
-	if size < superblockSize {
-		return nil, fmt.Errorf("truncated: %d bytes, shorter than a squashfs superblock (%d bytes)", size, superblockSize)
-	}
+	le := binary.LittleEndian
 	var sb [superblockSize]byte
-	if _, err := r.ReadAt(sb[:], 0); err != nil {
+	if _, err := r.ReadAt(sb[:min(size, superblockSize)], 0); err != nil && err != io.EOF {
 		return nil, fmt.Errorf("read squashfs superblock: %w", err)
 	}
-	le := binary.LittleEndian
-	if m := le.Uint32(sb[0:]); m != Magic {
+	if m := le.Uint32(sb[0:]); size < 4 || m != Magic {
 		return nil, fmt.Errorf("not a squashfs image (magic %#08x, want %#08x \"hsqs\")", m, Magic)
+	}
+	if size < superblockSize {
+		return nil, fmt.Errorf("truncated: %d bytes, shorter than a squashfs superblock (%d bytes)", size, superblockSize)
 	}
 	if maj, mnr := le.Uint16(sb[28:]), le.Uint16(sb[30:]); maj != 4 || mnr != 0 {
 		return nil, fmt.Errorf("unsupported squashfs version %d.%d (want 4.0)", maj, mnr)
