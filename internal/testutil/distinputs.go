@@ -56,3 +56,44 @@ func newcTrailerOnly() []byte {
 	}
 	return b
 }
+
+// BenchMiB is the benchmark input size in MiB: IMGPOST_BENCH_MIB, default 64.
+func BenchMiB(b testing.TB) int {
+	b.Helper()
+	s := os.Getenv("IMGPOST_BENCH_MIB")
+	if s == "" {
+		return 64
+	}
+	var n int
+	if _, err := fmt.Sscanf(s, "%d", &n); err != nil || n <= 0 || fmt.Sprint(n) != s {
+		b.Fatalf("IMGPOST_BENCH_MIB=%q: want a positive number of MiB", s)
+	}
+	return n
+}
+
+// BenchSquashfs returns an incompressible squashfs of IMGPOST_BENCH_MIB MiB
+// of payload (default 64), made once and cached under os.TempDir() across
+// runs and packages.
+func BenchSquashfs(b testing.TB) string {
+	b.Helper()
+	mib := BenchMiB(b)
+	dir := filepath.Join(os.TempDir(), "imgpost-bench")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		b.Fatal(err)
+	}
+	name := fmt.Sprintf("verity-%dmib.squashfs", mib)
+	p := filepath.Join(dir, name)
+	if _, err := os.Stat(p); err == nil {
+		return p
+	}
+	tmp, err := os.MkdirTemp(dir, ".make-")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer os.RemoveAll(tmp)
+	sq := Squashfs(b, tmp, name, int64(mib)<<20, 42, false)
+	if err := os.Rename(sq, p); err != nil {
+		b.Fatal(err)
+	}
+	return p
+}

@@ -6,7 +6,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -15,34 +14,8 @@ import (
 	"github.com/Dstack-TEE/meta-dstack/internal/testutil"
 )
 
-// benchSquashfs returns an incompressible squashfs of IMGPOST_BENCH_MIB MiB
-// (default 64), cached under os.TempDir() across runs.
-func benchSquashfs(b *testing.B) string {
-	b.Helper()
-	mib := 64
-	if s := os.Getenv("IMGPOST_BENCH_MIB"); s != "" {
-		n, err := strconv.Atoi(s)
-		if err != nil || n <= 0 {
-			b.Fatalf("IMGPOST_BENCH_MIB=%q: want a positive number of MiB", s)
-		}
-		mib = n
-	}
-	dir := filepath.Join(os.TempDir(), "imgpost-bench")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		b.Fatal(err)
-	}
-	name := fmt.Sprintf("verity-%dmib.squashfs", mib)
-	p := filepath.Join(dir, name)
-	if _, err := os.Stat(p); err == nil {
-		return p
-	}
-	tmp := b.TempDir()
-	sq := testutil.Squashfs(b, tmp, name, int64(mib)<<20, 42, false)
-	if err := os.Rename(sq, p); err != nil {
-		b.Fatal(err)
-	}
-	return p
-}
+// benchSquashfs returns the shared cached benchmark squashfs.
+func benchSquashfs(b *testing.B) string { return testutil.BenchSquashfs(b) }
 
 // sha256Floor hashes every 4096-byte block of the file on all cores (read
 // included, no write): the least work any verity builder has to do.
