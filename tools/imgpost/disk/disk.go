@@ -19,6 +19,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -395,54 +396,99 @@ func writeESP(sb *sparseBackend, l Layout, uki *os.File, t time.Time) (err error
 	return nil
 }
 
-// copyRange copies n bytes of src (from its start) into dst at off, with
-// copy_file_range when the kernel allows it, else with large buffers.
+// copyRange copies n bytes of src (from its start) into dst at off, in
+// 64 MiB chunks spread over all CPUs, each with copy_file_range when the
+// kernel allows it, else with 8 MiB buffers.
 func copyRange(dst *os.File, off int64, src *os.File, n int64, progress func(done, total int64)) error {
 	const chunk = 64 * MiB
-	var done int64
-	useCFR := true
-	var buf []byte
-	for done < n {
-		want := min(int64(chunk), n-done)
-		if useCFR {
-			soff, doff := done, off+done
-			c, err := unix.CopyFileRange(int(src.Fd()), &soff, int(dst.Fd()), &doff, int(want), 0)
-			switch {
-			case err == nil && c > 0:
-				done += int64(c)
-				if progress != nil {
-					progress(done, n)
-				}
-				continue
-			case err == nil && c == 0:
-				return fmt.Errorf("unexpected end of input at %d of %d bytes", done, n)
-			case errors.Is(err, unix.EXDEV), errors.Is(err, unix.ENOSYS), errors.Is(err, unix.EINVAL),
-				errors.Is(err, unix.EOPNOTSUPP), errors.Is(err, unix.EPERM):
-				useCFR = false
-			default:
-				return err
-			}
+	var (
+		mu     sync.Mutex
+		next   int64 // next chunk start
+		done   int64
+		cfrOK  = true
+		result error
+		wg     sync.WaitGroup
+	)
+	take := func() (int64, bool) {
+		mu.Lock()
+		defer mu.Unlock()
+		if result != nil || next >= n {
+			return 0, false
 		}
-		if buf == nil {
-			buf = make([]byte, 8*MiB)
+		s := next
+		next += chunk
+		return s, true
+	}
+	finish := func(c int64, err error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if err != nil && result == nil {
+			result = err
 		}
-		b := buf[:min(int64(len(buf)), n-done)]
-		r, err := src.ReadAt(b, done)
-		if r < len(b) {
-			if err == nil || err == io.EOF {
-				err = fmt.Errorf("unexpected end of input at %d of %d bytes", done+int64(r), n)
-			}
-			return err
-		}
-		if _, err := dst.WriteAt(b, off+done); err != nil {
-			return err
-		}
-		done += int64(r)
-		if progress != nil {
+		done += c
+		if progress != nil && err == nil {
 			progress(done, n)
 		}
 	}
-	return nil
+	useCFR := func() bool { mu.Lock(); defer mu.Unlock(); return cfrOK }
+	for range max(1, min(runtime.NumCPU(), int((n+chunk-1)/chunk))) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var buf []byte
+			for {
+				s, ok := take()
+				if !ok {
+					return
+				}
+				end := min(s+chunk, n)
+				pos := s
+				for pos < end && useCFR() {
+					soff, doff := pos, off+pos
+					c, err := unix.CopyFileRange(int(src.Fd()), &soff, int(dst.Fd()), &doff, int(end-pos), 0)
+					if err == nil && c > 0 {
+						pos += int64(c)
+						continue
+					}
+					if err == nil {
+						finish(0, fmt.Errorf("unexpected end of input at %d of %d bytes", pos, n))
+						return
+					}
+					if errors.Is(err, unix.EXDEV) || errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.EINVAL) ||
+						errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.EPERM) {
+						mu.Lock()
+						cfrOK = false
+						mu.Unlock()
+						break
+					}
+					finish(0, err)
+					return
+				}
+				for pos < end {
+					if buf == nil {
+						buf = make([]byte, 8*MiB)
+					}
+					b := buf[:min(int64(len(buf)), end-pos)]
+					r, err := src.ReadAt(b, pos)
+					if r < len(b) {
+						if err == nil || err == io.EOF {
+							err = fmt.Errorf("unexpected end of input at %d of %d bytes", pos+int64(r), n)
+						}
+						finish(0, err)
+						return
+					}
+					if _, err := dst.WriteAt(b, off+pos); err != nil {
+						finish(0, err)
+						return
+					}
+					pos += int64(r)
+				}
+				finish(end-s, nil)
+			}
+		}()
+	}
+	wg.Wait()
+	return result
 }
 
 // ParseSize parses a byte count: a plain number, or one with a binary suffix
