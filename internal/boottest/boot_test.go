@@ -1,7 +1,6 @@
 package boottest
 
 import (
-	"bufio"
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
@@ -20,20 +19,24 @@ import (
 	"github.com/Dstack-TEE/meta-dstack/internal/demo"
 	"github.com/Dstack-TEE/meta-dstack/internal/qemu"
 	"github.com/Dstack-TEE/meta-dstack/internal/testutil"
+	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/dist"
 )
 
 // bootTimeout bounds one boot; a TCG boot of the demo takes about 20-40 s.
 const bootTimeout = 5 * time.Minute
 
-// fixture is the deploy directory and verity image shared by every test of
-// the package (built once; tests copy what they tamper with).
+// fixture is the deploy directory and the imgpost dist output shared by
+// every test of the package (built once; tests copy what they tamper with).
 type fixture struct {
-	dir    string
-	deploy demo.Deploy
-	verity string // rootfs.img.verity: squashfs + hash tree
-	hash   string // ROOT_HASH
-	size   int64  // DATA_SIZE = hash offset
-	err    error
+	dir     string
+	deploy  demo.Deploy
+	distDir string // images/<dist>-<ver>
+	meta    *dist.Metadata
+	verity  string // rootfs.img.verity: squashfs + hash tree
+	diskRaw string // gcp/disk.raw
+	hash    string // dstack.rootfs_hash of metadata.json's cmdline
+	size    int64  // dstack.rootfs_size
+	err     error
 }
 
 var (
@@ -67,56 +70,53 @@ func getFixture(t *testing.T) *fixture {
 	need(t)
 	imgpost := testutil.Imgpost(t)
 	root := testutil.RepoRoot(t)
-	fixOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "boottest-")
-		if err != nil {
-			fix.err = err
-			return
-		}
-		fix.dir = dir
-		h, _ := demo.FindHost()
-		fix.deploy, fix.err = demo.Assemble(h, root, filepath.Join(dir, "deploy"))
-		if fix.err != nil {
-			return
-		}
-		fix.verity = filepath.Join(dir, "rootfs.img.verity")
-		env := filepath.Join(dir, "verity.env")
-		out, err := runCmd(imgpost, "verity", "--data", fix.deploy.Rootfs, "--out", fix.verity, "--env", env)
-		if err != nil {
-			fix.err = fmt.Errorf("imgpost verity: %v\n%s", err, out)
-			return
-		}
-		vals, err := readEnv(env)
-		if err != nil {
-			fix.err = err
-			return
-		}
-		fix.hash = vals["ROOT_HASH"]
-		fix.size, err = strconv.ParseInt(vals["DATA_SIZE"], 10, 64)
-		if err != nil || len(fix.hash) != 64 {
-			fix.err = fmt.Errorf("imgpost verity --env: ROOT_HASH %q DATA_SIZE %q", vals["ROOT_HASH"], vals["DATA_SIZE"])
-		}
-	})
+	fixOnce.Do(func() { fix.err = buildFixture(imgpost, root) })
 	if fix.err != nil {
 		t.Fatalf("boot fixture: %v", fix.err)
 	}
 	return &fix
 }
 
-func readEnv(path string) (map[string]string, error) {
-	f, err := os.Open(path)
+func buildFixture(imgpost, root string) error {
+	dir, err := os.MkdirTemp("", "boottest-")
 	if err != nil {
-		return nil, err
+		return err
 	}
-	defer f.Close()
-	vals := map[string]string{}
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if k, v, ok := strings.Cut(sc.Text(), "="); ok {
-			vals[k] = v
+	fix.dir = dir
+	h, _ := demo.FindHost()
+	if fix.deploy, err = demo.Assemble(h, root, filepath.Join(dir, "deploy")); err != nil {
+		return err
+	}
+	d := fix.deploy
+	out, err := runCmd(imgpost, "dist", "--kernel", d.Kernel, "--initrd", d.Initrd, "--rootfs", d.Rootfs,
+		"--stub", d.Stub, "--ovmf", d.OVMF, "--dist-name", "dstack-boottest", "--version", "1",
+		"--flavor", "dev", "--out-dir", filepath.Join(dir, "images"), "--no-tarball", "--quiet",
+		"--gcp-cmdline-extra", "dstack.data_dev="+demo.GCPDataDev)
+	if err != nil {
+		return fmt.Errorf("imgpost dist: %v\n%s", err, out)
+	}
+	fix.distDir = filepath.Join(dir, "images", "dstack-boottest-1")
+	b, err := os.ReadFile(filepath.Join(fix.distDir, "metadata.json"))
+	if err != nil {
+		return err
+	}
+	if fix.meta, err = dist.ParseMetadata(b); err != nil {
+		return err
+	}
+	fix.verity = filepath.Join(fix.distDir, fix.meta.Rootfs)
+	fix.diskRaw = filepath.Join(fix.distDir, "gcp", "disk.raw")
+	for _, w := range strings.Fields(fix.meta.Cmdline) {
+		if v, ok := strings.CutPrefix(w, "dstack.rootfs_hash="); ok {
+			fix.hash = v
+		}
+		if v, ok := strings.CutPrefix(w, "dstack.rootfs_size="); ok {
+			fix.size, _ = strconv.ParseInt(v, 10, 64)
 		}
 	}
-	return vals, sc.Err()
+	if len(fix.hash) != 64 || fix.size <= 0 {
+		return fmt.Errorf("metadata.json cmdline %q: no dstack.rootfs_hash/size", fix.meta.Cmdline)
+	}
+	return nil
 }
 
 // cmdline is the bare-metal command line for the fixture plus extra words.
@@ -270,14 +270,21 @@ func wantDataPartition(t *testing.T, img string) {
 	}
 }
 
-// 1. Bare metal, default /dev/vda; the blank /dev/vdb becomes the data disk.
+// 1. Bare metal, default /dev/vda: the dist set booted as a dstack host does
+// (its ovmf.fd, kernel, initramfs and metadata.json's command line as is);
+// the blank /dev/vdb becomes the data disk.
 func TestBootBareMetalDefaultVda(t *testing.T) {
 	t.Parallel()
 	f := getFixture(t)
+	if strings.Contains(f.meta.Cmdline, "dstack.rootfs_device") {
+		t.Fatalf("metadata.json's cmdline names a rootfs device: %s", f.meta.Cmdline)
+	}
 	data := blankDisk(t, "data.img", 64<<20)
-	out := boot(t, bareMetal(f, f.cmdline(),
-		qemu.Drive{Path: f.verity, ReadOnly: true},
-		qemu.Drive{Path: data}))
+	cfg, err := demo.BareMetalConfig(f.distDir, data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := boot(t, cfg)
 	if !strings.Contains(out, "[init] rootfs device /dev/vda is /dev/vda") {
 		t.Errorf("console lacks the default device line")
 	}
@@ -289,6 +296,29 @@ func TestBootBareMetalDefaultVda(t *testing.T) {
 	}
 	if !strings.Contains(out, "[demo] dstack-util stand-in called: setup --work-dir /var/volatile/dstack --device /dev/vdb1 --mount-point /var/volatile/dstack/persistent") {
 		t.Errorf("dstack-prepare did not hand /dev/vdb1 to dstack-util setup")
+	}
+	wantDataPartition(t, data)
+}
+
+// 2. (and dist's disk boot test) The GCP disk built by imgpost dist boots
+// under QEMU+OVMF attached as NVMe: OVMF loads the UKI from the ESP, /init
+// finds PARTLABEL=dstack-rootfs (baked into the UKI's command line), opens
+// verity with the hash and size from that command line and mounts the
+// squashfs; the UKI's dstack.data_dev=/dev/nvme0n2 picks the second
+// namespace, which gets its dstack-data partition.
+func TestBootGCPDiskNVMe(t *testing.T) {
+	t.Parallel()
+	f := getFixture(t)
+	data := blankDisk(t, "gcp-data.img", 64<<20)
+	out := boot(t, demo.GCPConfig(f.diskRaw, data))
+	if !strings.Contains(out, "[init] rootfs device PARTLABEL=dstack-rootfs is /dev/nvme0n1p2") {
+		t.Errorf("console lacks the PARTLABEL=dstack-rootfs resolution line")
+	}
+	if got := wantBooted(t, f, out); got != "/dev/nvme0n2p1" {
+		t.Errorf("data disk %s, want /dev/nvme0n2p1", got)
+	}
+	if !strings.Contains(out, "dstack-prepare: data disk: /dev/nvme0n2p1 (dstack.data_dev=/dev/nvme0n2, partitioned)") {
+		t.Errorf("dstack-prepare did not report partitioning /dev/nvme0n2")
 	}
 	wantDataPartition(t, data)
 }

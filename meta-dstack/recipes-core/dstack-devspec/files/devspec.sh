@@ -18,6 +18,9 @@
 # Specs holding glob or shell characters (* ? [ ] space, quotes, ...) are refused:
 # nothing is ever expanded.
 #
+# Tools used (busybox applets or coreutils): ls sort tr sed od dd readlink (-f)
+# mknod date (+%s) sleep.
+#
 # Inputs (set before sourcing or before calling; defaults in brackets):
 #   DSTACK_SYSFS           sysfs root [/sys]; devices are read from $DSTACK_SYSFS/class/block
 #   DSTACK_DEV             device node root [/dev]; resolved paths live under it
@@ -372,7 +375,7 @@ dstack_resolve() {
 		esac
 		[ "$_dre_timeout" -eq 0 ] && break
 		[ "$(date +%s)" -gt "$_dre_deadline" ] && break
-		sleep 0.2
+		sleep 0.2 2>/dev/null || sleep 1
 	done
 	DSTACK_ERR="device $1 not found after ${_dre_timeout}s; block devices seen: $(dstack_seen)"
 	return 1
