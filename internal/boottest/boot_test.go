@@ -367,21 +367,31 @@ func partitionedDisk(t *testing.T, f *fixture, guid, name string) string {
 }
 
 // 3. PARTUUID= override: the rootfs in partition 2 of an NVMe disk, found by
-// its unique GUID (as sgdisk set and reports it), given in lower case.
+// its unique GUID (as sgdisk set and reports it), given in lower case. Also
+// covers dstack.rootfs_verify=ondemand, and dstack-prepare's default choice of
+// an existing PARTLABEL=dstack-data partition (used as is, not rewritten).
 func TestBootPartUUID(t *testing.T) {
 	t.Parallel()
 	f := getFixture(t)
 	const guid = "5E1F2A3B-4C5D-4E6F-8A9B-0C1D2E3F4A5B"
 	img := partitionedDisk(t, f, guid, "not-the-label")
 	data := blankDisk(t, "data.img", 32<<20)
-	out := boot(t, bareMetal(f, f.cmdline("dstack.rootfs_device=PARTUUID="+strings.ToLower(guid), "dstack.data_dev=/dev/vda"),
+	testutil.Run(t, "sgdisk", "--new=1:0:+8M", "--change-name=1:scratch", "--new=2:0:0", "--change-name=2:dstack-data", data)
+	dataSum := sha(t, data)
+	out := boot(t, bareMetal(f, f.cmdline("dstack.rootfs_device=PARTUUID="+strings.ToLower(guid), "dstack.rootfs_verify=ondemand"),
 		qemu.Drive{Path: data},
 		qemu.Drive{Path: img, Interface: qemu.NVMe, ReadOnly: true}))
 	if !strings.Contains(out, "[init] rootfs device PARTUUID="+strings.ToLower(guid)+" is /dev/nvme0n1p2") {
 		t.Errorf("console lacks the PARTUUID resolution line")
 	}
-	if got := wantBooted(t, f, out); got != "/dev/vda1" {
-		t.Errorf("data disk %s, want /dev/vda1", got)
+	if got := wantBooted(t, f, out); got != "/dev/vda2" {
+		t.Errorf("data disk %s, want /dev/vda2", got)
+	}
+	if !strings.Contains(out, "dstack-prepare: data disk: /dev/vda2 (PARTLABEL=dstack-data)") {
+		t.Errorf("dstack-prepare did not pick the existing dstack-data partition")
+	}
+	if sha(t, data) != dataSum {
+		t.Errorf("the data disk with an existing dstack-data partition was modified")
 	}
 }
 

@@ -2,6 +2,7 @@ package demo
 
 import (
 	"bytes"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -244,5 +245,44 @@ func sameFile(t *testing.T, want, got string) {
 	}
 	if !bytes.Equal(a, b) {
 		t.Errorf("%s differs from %s", got, want)
+	}
+}
+
+// TestRunMissingHost: with host parts missing, Run names the Debian packages
+// and builds nothing.
+func TestRunMissingHost(t *testing.T) {
+	saved := StubPath
+	defer func() { StubPath = saved }()
+	StubPath = filepath.Join(t.TempDir(), "no-stub")
+	work := filepath.Join(t.TempDir(), "work")
+	var out bytes.Buffer
+	err := Run(RunOptions{RepoRoot: testutil.RepoRoot(t), WorkDir: work, Out: &out})
+	if !errors.Is(err, ErrMissing) || !strings.Contains(err.Error(), "apt-get install systemd-boot-efi") {
+		t.Errorf("Run: %v", err)
+	}
+	if !strings.Contains(out.String(), "demo: missing "+StubPath+" (Debian package systemd-boot-efi)") {
+		t.Errorf("output:\n%s", out.String())
+	}
+	if _, err := os.Stat(work); !os.IsNotExist(err) {
+		t.Errorf("work directory created: %v", err)
+	}
+}
+
+// TestRunChecks: a wrong repository root or accelerator is refused before
+// any boot.
+func TestRunChecks(t *testing.T) {
+	host(t)
+	var out bytes.Buffer
+	err := Run(RunOptions{RepoRoot: t.TempDir(), WorkDir: t.TempDir(), Out: &out})
+	if err == nil || !strings.Contains(err.Error(), "run from the repository root") {
+		t.Errorf("wrong root: %v", err)
+	}
+	if _, err := chooseAccel(RunOptions{Accel: "hvf"}, "", "", &out); err == nil || !strings.Contains(err.Error(), `accelerator "hvf": want tcg, kvm or auto`) {
+		t.Errorf("bad accel: %v", err)
+	}
+	for in, want := range map[string]string{"": "tcg", "tcg": "tcg", "kvm": "kvm"} {
+		if got, err := chooseAccel(RunOptions{Accel: in}, "", "", &out); err != nil || got != want {
+			t.Errorf("accel %q: %q %v", in, got, err)
+		}
 	}
 }
