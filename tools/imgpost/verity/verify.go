@@ -193,14 +193,22 @@ func Verify(r io.ReaderAt, hashOffset int64, rootHash []byte) (*Info, error) {
 	chunkBlocks := uint64(ChunkSize / BlockSize)
 	nChunks := int((info.DataBlocks + chunkBlocks - 1) / chunkBlocks)
 	l0Off := levelOff(0)
-	err = parallel(nChunks, func(_, k int) error {
-		wh := newHasher(info.Salt)
+	type scratch struct {
+		h        *hasher
+		l0, data []byte
+	}
+	scr := make([]*scratch, Workers())
+	err = parallel(nChunks, func(w, k int) error {
+		if scr[w] == nil {
+			scr[w] = &scratch{h: newHasher(info.Salt), l0: make([]byte, ChunkSize/HashesPerBlock), data: make([]byte, ChunkSize)}
+		}
+		wh := scr[w].h
 		var ws [DigestSize]byte
 		first := uint64(k) * chunkBlocks
 		nb := min(chunkBlocks, info.DataBlocks-first)
 		nl0 := (nb + HashesPerBlock - 1) / HashesPerBlock
 		j0 := first / HashesPerBlock
-		l0 := make([]byte, nl0*BlockSize)
+		l0 := scr[w].l0[:nl0*BlockSize]
 		if n, err := r.ReadAt(l0, l0Off+int64(j0)*BlockSize); n != len(l0) {
 			return fmt.Errorf("read hash tree level 0 at offset %d: %v (file too short?)", l0Off+int64(j0)*BlockSize, errOr(err, io.ErrUnexpectedEOF))
 		}
@@ -227,7 +235,7 @@ func Verify(r io.ReaderAt, hashOffset int64, rootHash []byte) (*Info, error) {
 				}
 			}
 		}
-		data := make([]byte, nb*BlockSize)
+		data := scr[w].data[:nb*BlockSize]
 		off := int64(first) * BlockSize
 		if n, err := r.ReadAt(data, off); n != len(data) {
 			return fmt.Errorf("read data at offset %d: %v", off, errOr(err, io.ErrUnexpectedEOF))

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -495,5 +496,43 @@ func TestFormatWritePaths(t *testing.T) {
 			}
 		}
 		t.Fatal("file-to-file and in-memory outputs differ")
+	}
+}
+
+// TestMemoryBounded checks that Format and Verify do not buffer the data:
+// what they allocate for 64 MiB is a few chunk buffers, not the input.
+func TestMemoryBounded(t *testing.T) {
+	dir := t.TempDir()
+	in := filepath.Join(dir, "data")
+	size := int64(64 << 20)
+	testutil.WriteRandom(t, in, size, 8)
+	f, err := os.Open(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	out, err := os.Create(in + ".verity")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer out.Close()
+	var m0, m1, m2 runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&m0)
+	info, err := Format(out, f, size, DefaultParams())
+	if err != nil {
+		t.Fatal(err)
+	}
+	runtime.ReadMemStats(&m1)
+	if _, err := Verify(out, info.DataSize(), info.RootHash[:]); err != nil {
+		t.Fatal(err)
+	}
+	runtime.ReadMemStats(&m2)
+	limit := uint64(Workers()+2) * uint64(ChunkSize) * 2
+	if a := m1.TotalAlloc - m0.TotalAlloc; a > limit {
+		t.Errorf("Format allocated %d bytes for %d bytes of data (limit %d)", a, size, limit)
+	}
+	if a := m2.TotalAlloc - m1.TotalAlloc; a > limit {
+		t.Errorf("Verify allocated %d bytes for %d bytes of data (limit %d)", a, size, limit)
 	}
 }
