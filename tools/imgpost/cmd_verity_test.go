@@ -140,6 +140,20 @@ func TestVerityCommand(t *testing.T) {
 		t.Fatalf("custom salt/uuid not in dump:\n%s\nenv:\n%s", dump, so)
 	}
 	testutil.Run(t, "veritysetup", "verify", out2, out2, e2["ROOT_HASH"], "--hash-offset="+e2["DATA_SIZE"])
+
+	// --no-fs-check protects data that is not a squashfs; without it, that data is refused.
+	raw := filepath.Join(dir, "raw.bin")
+	testutil.WriteRandom(t, raw, 50000, 3)
+	out3 := filepath.Join(dir, "raw.verity")
+	if _, se, code := runImgpost(t, "verity", "--data", raw, "--out", out3); code != 1 || !strings.Contains(se, "not a squashfs") {
+		t.Fatalf("raw data without --no-fs-check: exit %d %q", code, se)
+	}
+	so, se, code = runImgpost(t, "verity", "--data", raw, "--out", out3, "--no-fs-check")
+	if code != 0 {
+		t.Fatalf("--no-fs-check: exit %d %s", code, se)
+	}
+	e3 := envMap(so)
+	testutil.Run(t, "veritysetup", "verify", out3, out3, e3["ROOT_HASH"], "--hash-offset="+e3["DATA_SIZE"])
 }
 
 // TestVerityCommandBadInputs tries every bad input of the issue: each gets a
