@@ -171,6 +171,7 @@ func TestBuildRunsPinnedFetchesConfigAndBitBake(t *testing.T) {
 		`SSTATE_MIRRORS = "file://.* https://sstate.example.com/PATH;downloadfilename=PATH"`,
 		`BB_HASHSERVE = "auto"`, `REPRODUCIBLE_TIMESTAMP_ROOTFS = "1700000000"`,
 		`DSTACK_GIT_REVISION = "0123456789abcdef0123456789abcdef01234567"`,
+		`DSTACK_DIST_NAME ?= "${DISTRO}${@'' if (d.getVar('BB_CURRENT_MC') or 'prod') in ('prod', 'default') else '-' + d.getVar('BB_CURRENT_MC')}"`,
 	} {
 		if !strings.Contains(auto, w+"\n") {
 			t.Errorf("auto.conf lacks %s:\n%s", w, auto)

@@ -311,6 +311,10 @@ func (c *Config) autoConf() []byte {
 	var b strings.Builder
 	b.WriteString(generatedHeader)
 	fmt.Fprintf(&b, "BBMULTICONFIG = \"%s\"\n", strings.Join(c.Flavors, " "))
+	// Distinct output names per flavor (imgpost dist writes <name>-<version>):
+	// prod keeps the distro's name, any other flavor appends itself
+	// (dstack-dev-0.5.5). A multiconfig that sets DSTACK_DIST_NAME wins.
+	b.WriteString("DSTACK_DIST_NAME ?= \"${DISTRO}${@'' if (d.getVar('BB_CURRENT_MC') or 'prod') in ('prod', 'default') else '-' + d.getVar('BB_CURRENT_MC')}\"\n")
 	gcp := "1"
 	if !c.EnableGCP {
 		gcp = "0"
