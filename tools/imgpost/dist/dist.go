@@ -164,6 +164,13 @@ func (o *Options) check() error {
 			return fmt.Errorf("--gcp-cmdline-extra %q: one argument without blanks or quotes each", a)
 		}
 	}
+	for _, a := range append(strings.Fields(o.CmdlineBase), o.GCPCmdlineExtra...) {
+		for _, p := range []string{"dstack.rootfs_hash=", "dstack.rootfs_size=", "coherent_pool=", "dstack.rootfs_device="} {
+			if strings.HasPrefix(a, p) {
+				return fmt.Errorf("kernel argument %q: imgpost dist adds %s itself", a, strings.TrimSuffix(p, "="))
+			}
+		}
+	}
 	if o.OutDir == "" {
 		return errors.New("--out-dir is empty")
 	}

@@ -276,6 +276,8 @@ func TestDistBadInputs(t *testing.T) {
 		{"bad-flavor", func(o *Options) { o.Flavor = "staging" }, "--flavor"},
 		{"bad-name", func(o *Options) { o.DistName = "a/b" }, "--dist-name"},
 		{"bad-extra", func(o *Options) { o.GCPCmdlineExtra = []string{"a b"} }, "--gcp-cmdline-extra"},
+		{"base-has-rootfs-hash", func(o *Options) { o.CmdlineBase = "console=ttyS0 dstack.rootfs_hash=00" }, "adds dstack.rootfs_hash itself"},
+		{"extra-has-device", func(o *Options) { o.GCPCmdlineExtra = []string{"dstack.rootfs_device=/dev/sda"} }, "adds dstack.rootfs_device itself"},
 		{"out-dir-is-file", func(o *Options) { o.OutDir = in.Initrd }, "--out-dir"},
 		{"out-dir-unwritable", func(o *Options) { o.OutDir = roParent }, "--out-dir"},
 		{"out-dir-under-unwritable", func(o *Options) { o.OutDir = filepath.Join(roParent, "images") }, "--out-dir"},
