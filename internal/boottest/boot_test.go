@@ -505,6 +505,17 @@ func TestBootWrongHashRefused(t *testing.T) {
 	wantRefused(t, out, regexp.QuoteMeta("rootfs verification failed: the contents of /dev/vda do not match dstack.rootfs_hash (wrong hash, or a modified image)"))
 }
 
+// 8b. A wrong dstack.rootfs_size (the hash tree is not where it says):
+// veritysetup refuses to open the device.
+func TestBootWrongSizeRefused(t *testing.T) {
+	t.Parallel()
+	f := getFixture(t)
+	wrong := strconv.FormatInt(f.size-4096, 10)
+	cmdline := strings.Replace(f.cmdline(), "dstack.rootfs_size="+strconv.FormatInt(f.size, 10), "dstack.rootfs_size="+wrong, 1)
+	out := boot(t, bareMetal(f, cmdline, qemu.Drive{Path: f.verity, ReadOnly: true}))
+	wantRefused(t, out, regexp.QuoteMeta("veritysetup refused /dev/vda: no usable verity hash tree at byte "+wrong+" (dstack.rootfs_size)"))
+}
+
 // 9. Glob characters in the command line are not expanded: refused, the
 // message showing them literally.
 func TestBootGlobRefused(t *testing.T) {
