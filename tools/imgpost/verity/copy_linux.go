@@ -33,3 +33,18 @@ func copyRange(dst, src *os.File, off, n int64) error {
 	}
 	return nil
 }
+
+// mapFile maps the first size bytes of f read-only, so that the workers hash
+// the page cache in place instead of copying it out first. It returns nil
+// when the file cannot be mapped (the caller then reads it).
+func mapFile(f *os.File, size int64) (data []byte, unmap func()) {
+	if !UseMmap || size <= 0 || int64(int(size)) != size {
+		return nil, nil
+	}
+	m, err := unix.Mmap(int(f.Fd()), 0, int(size), unix.PROT_READ, unix.MAP_SHARED)
+	if err != nil {
+		return nil, nil
+	}
+	_ = unix.Madvise(m, unix.MADV_SEQUENTIAL)
+	return m, func() { _ = unix.Munmap(m) }
+}

@@ -23,6 +23,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -65,6 +66,11 @@ var ChunkSize = 1 << 20
 
 // errUnsupported says an in-kernel copy is not possible between two files.
 var errUnsupported = errors.New("in-kernel copy not supported")
+
+// UseMmap lets Format hash a file input in place through a read-only
+// mapping (no copy out of the page cache). A file truncated while it is being
+// read then makes Format fail with an error instead of crashing.
+var UseMmap = true
 
 // Params are the choices a caller makes; everything else is fixed.
 type Params struct {
@@ -310,6 +316,14 @@ func Format(dst io.WriterAt, src io.ReaderAt, size int64, p Params) (*Info, erro
 	dstF, _ := dst.(*os.File)
 	var kernelCopy atomic.Bool
 	kernelCopy.Store(srcF != nil && dstF != nil)
+	var mapped []byte
+	if srcF != nil {
+		m, unmap := mapFile(srcF, size)
+		if m != nil {
+			mapped = m
+			defer unmap()
+		}
+	}
 
 	chunkBlocks := uint64(ChunkSize / BlockSize)
 	nChunks := int((info.DataBlocks + chunkBlocks - 1) / chunkBlocks)
@@ -324,7 +338,16 @@ func Format(dst io.WriterAt, src io.ReaderAt, size int64, p Params) (*Info, erro
 		upper = make([]byte, g.blocks[0]*DigestSize)
 	}
 
-	err := parallel(nChunks, func(w, k int) error {
+	err := parallel(nChunks, func(w, k int) (err error) {
+		if mapped != nil {
+			// A fault on the mapping (the file shrank under us) becomes an error.
+			defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+			defer func() {
+				if r := recover(); r != nil {
+					err = fmt.Errorf("read data: input shorter than %d bytes or changed while it was read (%v)", size, r)
+				}
+			}()
+		}
 		if bufs[w] == nil {
 			bufs[w] = make([]byte, ChunkSize)
 			l0bufs[w] = make([]byte, ChunkSize/HashesPerBlock)
@@ -335,14 +358,19 @@ func Format(dst io.WriterAt, src io.ReaderAt, size int64, p Params) (*Info, erro
 		nb := min(chunkBlocks, info.DataBlocks-first)
 		off := int64(first) * BlockSize
 		want := min(int64(nb)*BlockSize, size-off)
-		if n, err := src.ReadAt(buf[:want], off); int64(n) != want {
-			if err == nil || err == io.EOF {
-				err = io.ErrUnexpectedEOF
+		var data []byte
+		if mapped != nil && want == int64(nb)*BlockSize {
+			data = mapped[off : off+want] // whole blocks: hash the page cache in place
+		} else {
+			if n, err := src.ReadAt(buf[:want], off); int64(n) != want {
+				if err == nil || err == io.EOF {
+					err = io.ErrUnexpectedEOF
+				}
+				return fmt.Errorf("read data at offset %d: %w (input shorter than %d bytes?)", off, err, size)
 			}
-			return fmt.Errorf("read data at offset %d: %w (input shorter than %d bytes?)", off, err, size)
+			data = buf[:nb*BlockSize]
+			clear(data[want:])
 		}
-		data := buf[:nb*BlockSize]
-		clear(data[want:])
 		if g.levels == 0 { // a single data block: its digest is the root
 			h.sum(info.RootHash[:], data)
 		} else {

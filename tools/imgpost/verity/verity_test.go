@@ -536,3 +536,32 @@ func TestMemoryBounded(t *testing.T) {
 		t.Errorf("Verify allocated %d bytes for %d bytes of data (limit %d)", a, size, limit)
 	}
 }
+
+// TestFormatShortInput: an input shorter than the size given (a file that
+// shrank) is an error, on the mapped path as on the read path, not a crash.
+func TestFormatShortInput(t *testing.T) {
+	dir := t.TempDir()
+	in := filepath.Join(dir, "data")
+	testutil.WriteRandom(t, in, 2<<20, 4)
+	for _, mm := range []bool{true, false} {
+		t.Run(fmt.Sprintf("mmap=%v", mm), func(t *testing.T) {
+			defer func(old bool) { UseMmap = old }(UseMmap)
+			UseMmap = mm
+			f, err := os.Open(in)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			out, err := os.Create(filepath.Join(dir, "out"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer out.Close()
+			if _, err := Format(out, f, 6<<20, DefaultParams()); err == nil {
+				t.Fatal("no error for an input shorter than its size")
+			} else {
+				t.Log(err)
+			}
+		})
+	}
+}
