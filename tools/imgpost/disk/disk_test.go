@@ -412,3 +412,45 @@ func TestESPSizesFsck(t *testing.T) {
 		})
 	}
 }
+
+// TestProgress: the rootfs copy reports monotonically up to the total, and a
+// rootfs on another filesystem (tmpfs, when there is one) is copied right.
+func TestProgress(t *testing.T) {
+	dir := t.TempDir()
+	uki := fakeUKI(t, dir, 0)
+	src := dir
+	if st, err := os.Stat("/dev/shm"); err == nil && st.IsDir() {
+		if d, err := os.MkdirTemp("/dev/shm", "disk-test-"); err == nil {
+			defer os.RemoveAll(d)
+			src = d
+		}
+	}
+	rootfs := filepath.Join(src, "rootfs")
+	const size = 150*MiB + 3
+	testutil.WriteRandom(t, rootfs, size, 4)
+	var last, calls int64
+	img := filepath.Join(dir, "d.raw")
+	_, err := BuildFile(img, uki, rootfs, Options{Progress: func(done, total int64) {
+		if total != size || done <= last || done > total {
+			t.Errorf("progress %d/%d after %d", done, total, last)
+		}
+		last = done
+		calls++
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if last != size || calls < 3 {
+		t.Errorf("progress ended at %d after %d calls, want %d in >= 3 calls", last, calls, int64(size))
+	}
+	d, err := Open(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	sec, err := d.Section(RootfsName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sameReader(t, "rootfs partition", io.NewSectionReader(sec, 0, size), rootfs)
+}

@@ -312,3 +312,23 @@ func TestBadInput(t *testing.T) {
 		t.Error("output left behind")
 	}
 }
+
+func TestProgress(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "disk.raw")
+	sparseFile(t, p, 64<<20, []int64{0, 8 << 20, 40 << 20}, 3<<20)
+	var last, calls int64
+	res, err := WriteFile(filepath.Join(dir, "o.tar.gz"), p, Options{Progress: func(done, total int64) {
+		if done <= last || done > total {
+			t.Errorf("progress %d/%d after %d", done, total, last)
+		}
+		last = done
+		calls++
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if last != res.DataSize || calls < 3 {
+		t.Errorf("progress ended at %d after %d calls; data %d", last, calls, res.DataSize)
+	}
+}
