@@ -403,14 +403,9 @@ func TestBootByID(t *testing.T) {
 	f := getFixture(t)
 	data := blankDisk(t, "data.img", 32<<20)
 	cfg := bareMetal(f, f.cmdline("dstack.rootfs_device=/dev/disk/by-id/virtio-dstack-root-01",
-		"dstack.data_dev=/dev/disk/by-id/virtio-dstack-data-01"))
-	// qemu.Drive's Serial puts serial= on -drive, which QEMU 7 refuses for
-	// virtio; give the devices their serials on -device instead
-	cfg.ExtraArgs = append(cfg.ExtraArgs,
-		"-drive", "file="+data+",format=raw,if=none,id=datadisk",
-		"-device", "virtio-blk-pci,drive=datadisk,serial=dstack-data-01",
-		"-drive", "file="+f.verity+",format=raw,readonly=on,if=none,id=rootdisk",
-		"-device", "virtio-blk-pci,drive=rootdisk,serial=dstack-root-01")
+		"dstack.data_dev=/dev/disk/by-id/virtio-dstack-data-01"),
+		qemu.Drive{Path: data, Serial: "dstack-data-01"},
+		qemu.Drive{Path: f.verity, ReadOnly: true, Serial: "dstack-root-01"})
 	out := boot(t, cfg)
 	m := regexp.MustCompile(`\[init\] rootfs device /dev/disk/by-id/virtio-dstack-root-01 is /dev/(vd[ab])\b`).FindStringSubmatch(out)
 	if m == nil {

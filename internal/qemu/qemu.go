@@ -171,7 +171,7 @@ func (cfg Config) Args(varsCopy string) ([]string, error) {
 	} else if cfg.Initrd != "" || cfg.Append != "" {
 		return nil, errors.New("qemu: Initrd/Append need Kernel")
 	}
-	nvme := 0
+	nvme, named := 0, 0
 	for i, d := range cfg.Drives {
 		if d.Path == "" {
 			return nil, fmt.Errorf("qemu: drive %d has no path", i)
@@ -185,16 +185,21 @@ func (cfg Config) Args(varsCopy string) ([]string, error) {
 			spec += ",readonly=on"
 		}
 		switch d.Interface {
-		case Virtio, "":
-			if d.Serial != "" {
-				spec += ",serial=" + escape(d.Serial)
+		case Virtio, "", IDE:
+			iface, dev := "virtio", "virtio-blk-pci"
+			if d.Interface == IDE {
+				iface, dev = "ide", "ide-hd"
 			}
-			args = append(args, "-drive", spec+",if=virtio")
-		case IDE:
-			if d.Serial != "" {
-				spec += ",serial=" + escape(d.Serial)
+			if d.Serial == "" {
+				args = append(args, "-drive", spec+",if="+iface)
+				break
 			}
-			args = append(args, "-drive", spec+",if=ide")
+			// QEMU 7 refuses serial= on -drive: name the drive and give the
+			// serial to its -device.
+			id := fmt.Sprintf("disk%d", named)
+			named++
+			args = append(args, "-drive", spec+",if=none,id="+id,
+				"-device", dev+",drive="+id+",serial="+escape(d.Serial))
 		case NVMe:
 			id := fmt.Sprintf("nvme%d", nvme)
 			serial := d.Serial

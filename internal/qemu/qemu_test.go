@@ -145,6 +145,8 @@ func TestArgs(t *testing.T) {
 		{"bios", Config{BIOS: "ovmf.fd", MemoryMiB: 2048}, []string{"-m 2048", "-bios ovmf.fd"}, false},
 		{"nvme", Config{BIOS: "b", Drives: []Drive{{Path: "x", Interface: NVMe, ReadOnly: true}, {Path: "y", Interface: NVMe, Serial: "s"}}},
 			[]string{"file=x,format=raw,readonly=on,if=none,id=nvme0 -device nvme,drive=nvme0,serial=nvme0", "id=nvme1 -device nvme,drive=nvme1,serial=s"}, false},
+		{"virtio serial", Config{BIOS: "b", Drives: []Drive{{Path: "x"}, {Path: "y", Serial: "root,1"}, {Path: "z", Interface: IDE, Serial: "s"}}},
+			[]string{"file=x,format=raw,if=virtio", "file=y,format=raw,if=none,id=disk0 -device virtio-blk-pci,drive=disk0,serial=root,,1", "file=z,format=raw,if=none,id=disk1 -device ide-hd,drive=disk1,serial=s"}, false},
 		{"append without kernel", Config{BIOS: "b", Append: "x"}, nil, true},
 		{"bad interface", Config{BIOS: "b", Drives: []Drive{{Path: "x", Interface: "scsi"}}}, nil, true},
 	}
