@@ -134,7 +134,7 @@ func BenchmarkVerity(b *testing.B) {
 	}
 	dir := benchOutDir(b, st.Size())
 	// The input sits beside the outputs, so that both tools read it from the
-	// same filesystem they write to (imgpost then copies the data in the kernel).
+	// same filesystem they write to.
 	local := filepath.Join(dir, "input.squashfs")
 	if o, err := exec.Command("cp", sq, local).CombinedOutput(); err != nil {
 		b.Fatalf("cp: %v %s", err, o)

@@ -64,9 +64,6 @@ const DefaultSaltHex = "00000000000000000000000000000000000000000000000000000000
 // chunk fills whole level-0 hash blocks.
 var ChunkSize = 1 << 20
 
-// errUnsupported says an in-kernel copy is not possible between two files.
-var errUnsupported = errors.New("in-kernel copy not supported")
-
 // UseMmap lets Format hash a file input in place through a read-only
 // mapping (no copy out of the page cache). A file truncated while it is being
 // read then makes Format fail with an error instead of crashing.
@@ -310,12 +307,12 @@ func Format(dst io.WriterAt, src io.ReaderAt, size int64, p Params) (*Info, erro
 		l0Off = treeOff + int64(g.start[0])*BlockSize
 	}
 
-	// When both ends are files, the data is copied in the kernel (see
-	// copyRange) while the workers still read it once for hashing.
+	// A file output gets its whole size reserved first; a file input is
+	// hashed in place through a mapping and written from it.
 	srcF, _ := src.(*os.File)
-	dstF, _ := dst.(*os.File)
-	var kernelCopy atomic.Bool
-	kernelCopy.Store(srcF != nil && dstF != nil)
+	if dstF, ok := dst.(*os.File); ok {
+		preallocate(dstF, info.Size())
+	}
 	var mapped []byte
 	if srcF != nil {
 		m, unmap := mapFile(srcF, size)
@@ -385,21 +382,6 @@ func Format(dst io.WriterAt, src io.ReaderAt, size int64, p Params) (*Info, erro
 			}
 			if _, err := dst.WriteAt(l0[:nl0*BlockSize], l0Off+int64(j0)*BlockSize); err != nil {
 				return fmt.Errorf("write hash tree: %w", err)
-			}
-		}
-		if kernelCopy.Load() {
-			switch err := copyRange(dstF, srcF, off, want); err {
-			case nil:
-				if pad := data[want:]; len(pad) > 0 {
-					if _, err := dst.WriteAt(pad, off+want); err != nil {
-						return fmt.Errorf("write data padding: %w", err)
-					}
-				}
-				return nil
-			case errUnsupported:
-				kernelCopy.Store(false)
-			default:
-				return err
 			}
 		}
 		if _, err := dst.WriteAt(data, off); err != nil {

@@ -449,7 +449,7 @@ func TestFormatFileRejects(t *testing.T) {
 }
 
 // memWriter is an in-memory io.WriterAt (not an *os.File, so Format takes
-// its user-space write path instead of the in-kernel copy).
+// its plain write path instead of reserving the file first).
 type memWriter struct {
 	mu sync.Mutex
 	b  []byte
@@ -464,9 +464,9 @@ func (m *memWriter) WriteAt(p []byte, off int64) (int, error) {
 	return copy(m.b[off:], p), nil
 }
 
-// TestFormatWritePaths checks that the in-kernel copy path (file to file) and
-// the user-space write path give the same bytes, for an unaligned size over
-// several chunks.
+// TestFormatWritePaths checks that the file path (mapped input, preallocated
+// output), the plain writer path and the read (not mapped) input path give the
+// same bytes, for an unaligned size over several chunks.
 func TestFormatWritePaths(t *testing.T) {
 	dir := t.TempDir()
 	in := filepath.Join(dir, "data")
@@ -487,7 +487,19 @@ func TestFormatWritePaths(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// And with the input read (pread) instead of mapped.
+	defer func(old bool) { UseMmap = old }(UseMmap)
+	UseMmap = false
+	out3 := in + ".verity3"
+	info3, err := FormatFile(in, out3, DefaultParams())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, _ := os.ReadFile(out3)
 	a, _ := os.ReadFile(out)
+	if !bytes.Equal(a, c) || info.RootHash != info3.RootHash {
+		t.Fatal("mapped and read inputs give different outputs")
+	}
 	if !bytes.Equal(a, m.b) || info.RootHash != info2.RootHash {
 		for i := range min(len(a), len(m.b)) {
 			if a[i] != m.b[i] {
