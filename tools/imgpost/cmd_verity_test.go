@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/Dstack-TEE/meta-dstack/internal/testutil"
@@ -232,5 +233,26 @@ func TestVerityCommandBadInputs(t *testing.T) {
 	}
 	if b, _ := os.ReadFile(sq); !bytes.Equal(b, img) {
 		t.Fatal("input modified")
+	}
+}
+
+// TestVerityCommandMemory checks that the peak resident set of `imgpost
+// verity` does not grow with the input: 160 MiB of data, peak under 64 MiB.
+func TestVerityCommandMemory(t *testing.T) {
+	dir := t.TempDir()
+	in := filepath.Join(dir, "data.bin")
+	testutil.WriteRandom(t, in, 160<<20, 6)
+	cmd := exec.Command(testutil.Imgpost(t), "verity", "--no-fs-check", "--data", in, "--out", in+".verity")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage)
+	if !ok {
+		t.Skip("no rusage on this platform")
+	}
+	if maxKiB := ru.Maxrss; maxKiB > 64<<10 {
+		t.Fatalf("peak RSS %d KiB for 160 MiB of data; want under 64 MiB", maxKiB)
+	} else {
+		t.Logf("peak RSS %d KiB", maxKiB)
 	}
 }

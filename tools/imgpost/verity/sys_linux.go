@@ -29,3 +29,10 @@ func mapFile(f *os.File, size int64) (data []byte, unmap func()) {
 	_ = unix.Madvise(m, unix.MADV_SEQUENTIAL)
 	return m, func() { _ = unix.Munmap(m) }
 }
+
+// release drops the process's mapping of part of a mapped input once it has
+// been hashed and written (the page cache keeps the pages), so the mapping
+// does not add the whole input to the resident set.
+func release(b []byte) {
+	_ = unix.Madvise(b, unix.MADV_DONTNEED)
+}

@@ -387,6 +387,9 @@ func Format(dst io.WriterAt, src io.ReaderAt, size int64, p Params) (*Info, erro
 		if _, err := dst.WriteAt(data, off); err != nil {
 			return fmt.Errorf("write data: %w", err)
 		}
+		if mapped != nil && len(data) > 0 && &data[0] == &mapped[off] {
+			release(data)
+		}
 		return nil
 	})
 	if err != nil {
