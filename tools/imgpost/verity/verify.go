@@ -39,6 +39,10 @@ func ReadSuperblock(r io.ReaderAt, hashOffset int64) (*Info, error) {
 		return nil, fmt.Errorf("verity superblock at offset %d: block sizes %d/%d, want %d/%d", hashOffset, d, h, BlockSize, BlockSize)
 	}
 	info := &Info{DataBlocks: le.Uint64(sb[72:])}
+	if info.DataBlocks != uint64(hashOffset/BlockSize) { // compared as block counts: no overflow
+		return nil, fmt.Errorf("verity superblock at offset %d: %d data blocks, but the hash offset says %d",
+			hashOffset, le.Uint64(sb[72:]), hashOffset/BlockSize)
+	}
 	if info.DataSize() != hashOffset {
 		return nil, fmt.Errorf("verity superblock at offset %d: %d data blocks (%d bytes), but the hash offset says %d bytes",
 			hashOffset, info.DataBlocks, info.DataSize(), hashOffset)

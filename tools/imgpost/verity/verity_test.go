@@ -2,6 +2,7 @@ package verity
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -575,5 +576,31 @@ func TestFormatShortInput(t *testing.T) {
 				t.Log(err)
 			}
 		})
+	}
+}
+
+// TestVerifyHostileSuperblock: a superblock whose data block count would
+// overflow into the given hash offset is refused, not trusted.
+func TestVerifyHostileSuperblock(t *testing.T) {
+	dir := t.TempDir()
+	in := filepath.Join(dir, "data")
+	testutil.WriteRandom(t, in, 10*BlockSize, 5)
+	out := in + ".verity"
+	info, err := FormatFile(in, out, DefaultParams())
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(out, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var b [8]byte
+	binary.LittleEndian.PutUint64(b[:], info.DataBlocks+1<<52) // *4096 wraps to the same byte count
+	if _, err := f.WriteAt(b[:], info.DataSize()+72); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Verify(f, info.DataSize(), info.RootHash[:]); err == nil || !strings.Contains(err.Error(), "data blocks") {
+		t.Fatalf("hostile data block count: %v", err)
 	}
 }
