@@ -75,7 +75,7 @@ var gitSource = regexp.MustCompile(`^git\+(https://[^?#]+)(\?[^#]*)?#([0-9a-f]{4
 // Cargo.lock: crate:// entries with their sha256 for crates.io packages, and
 // one git:// entry per git repository (name cargogitN, unpacked under
 // cargo-git/N; no destsuffix, so oe-core's cargo_common does not write its
-// own [patch] entry for it) with DSTACK_CARGO_GIT listing "url|crate|N" for the recipe's
+// own [patch] entry for it) with DSTACK_CARGO_GIT listing "url,crate,N" (commas: the list is expanded unquoted in shell, where "|" would be a pipe) for the recipe's
 // [patch] section. Packages without a source (the workspace's own) are skipped.
 func CratesInc(header string, crates []Crate) (string, error) {
 	var b strings.Builder
@@ -119,7 +119,7 @@ func CratesInc(header string, crates []Crate) (string, error) {
 		revs = append(revs, fmt.Sprintf("SRCREV_cargogit%d = \"%s\"\n", i, r.rev))
 		sort.Strings(r.crates)
 		for _, c := range r.crates {
-			patches = append(patches, fmt.Sprintf("%s|%s|%d", r.url, c, i))
+			patches = append(patches, fmt.Sprintf("%s,%s,%d", r.url, c, i))
 		}
 	}
 	b.WriteString("\"\n\n")

@@ -50,7 +50,7 @@ func TestCratesInc(t *testing.T) {
 		"SRC_URI[adler2-2.0.1.sha256sum] = \"320119579fcad9c21884f5c4861d16174d0e06250625266f50fe6898340abefa\"\n",
 		"    git://github.com/rwf2/Rocket;protocol=https;nobranch=1;name=cargogit0;subdir=cargo-git/0 \\\n",
 		"SRCREV_cargogit0 = \"3a54d079aef060a8f732bd04ea54b0581a604087\"\n",
-		"DSTACK_CARGO_GIT = \"https://github.com/rwf2/Rocket|rocket|0 https://github.com/rwf2/Rocket|rocket_http|0\"\n",
+		"DSTACK_CARGO_GIT = \"https://github.com/rwf2/Rocket,rocket,0 https://github.com/rwf2/Rocket,rocket_http,0\"\n",
 	} {
 		if !strings.Contains(inc, want) {
 			t.Errorf("inc lacks %q:\n%s", want, inc)

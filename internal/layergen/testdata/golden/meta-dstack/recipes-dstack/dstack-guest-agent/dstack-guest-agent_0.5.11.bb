@@ -21,14 +21,14 @@ require ${BPN}-crates.inc
 SRCREV_FORMAT = "default"
 
 # Point cargo at the git dependencies' checkouts: one [patch."<url>"] table per
-# repository (DSTACK_CARGO_GIT lists url|crate|n, grouped by url).
+# repository (DSTACK_CARGO_GIT lists url,crate,n, grouped by url).
 do_configure:append() {
 	last=
 	for entry in ${DSTACK_CARGO_GIT}; do
-		url=${entry%%|*}
-		rest=${entry#*|}
-		crate=${rest%%|*}
-		n=${rest#*|}
+		url=${entry%%,*}
+		rest=${entry#*,}
+		crate=${rest%%,*}
+		n=${rest#*,}
 		manifest=$(grep -rlE --include=Cargo.toml "^name = \"$crate\"" "${UNPACKDIR}/cargo-git/$n" | sort | head -n 1)
 		if [ -z "$manifest" ]; then
 			bbfatal "git dependency $crate: no Cargo.toml naming it in $url"
