@@ -131,3 +131,44 @@ func Collect(root string) ([]Snippet, error) {
 	})
 	return out, err
 }
+
+var assignRE = regexp.MustCompile(`^([A-Za-z_][A-Za-z0-9_]*)\s*(=|\?=|\?\?=|:=)\s*"([^"\\]*)"\s*$`)
+
+// Assignments collects the single-line `VAR = "value"` assignments of the
+// BitBake files (.bb, .bbappend, .bbclass, .inc, .conf) in dir, so a
+// function can be checked with the values BitBake will put in it.
+func Assignments(dir string) (map[string]string, error) {
+	vars := map[string]string{}
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	for _, e := range ents {
+		switch filepath.Ext(e.Name()) {
+		case ".bb", ".bbappend", ".bbclass", ".inc", ".conf":
+		default:
+			continue
+		}
+		data, err := os.ReadFile(filepath.Join(dir, e.Name()))
+		if err != nil {
+			return nil, err
+		}
+		for _, line := range strings.Split(string(data), "\n") {
+			if m := assignRE.FindStringSubmatch(line); m != nil {
+				vars[m[1]] = m[3]
+			}
+		}
+	}
+	return vars, nil
+}
+
+// Expand replaces ${VAR} in a snippet's script by the values in vars (other
+// references stay), giving the text BitBake's own shell parser will see.
+func Expand(script string, vars map[string]string) string {
+	return bbVar.ReplaceAllStringFunc(script, func(s string) string {
+		if v, ok := vars[s[2:len(s)-1]]; ok {
+			return v
+		}
+		return s
+	})
+}

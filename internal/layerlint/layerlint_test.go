@@ -41,6 +41,46 @@ func check(t *testing.T, s Snippet) (string, bool) {
 	return "", true
 }
 
+// shN runs sh -n on a script.
+func shN(t *testing.T, script string) (string, bool) {
+	p := filepath.Join(t.TempDir(), "x.sh")
+	if err := os.WriteFile(p, []byte(script), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("sh", "-n", p).CombinedOutput(); err != nil {
+		return string(out), false
+	}
+	return "", true
+}
+
+// TestExpandCatchesPipes: a list value with "|" expanded unquoted in a for
+// loop is a shell syntax error that only shows once BitBake substitutes it.
+func TestExpandCatchesPipes(t *testing.T) {
+	testutil.Need(t, "sh")
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "r.inc"), []byte("LIST = \"a|b|c d|e|f\"\n"), 0o644)
+	src := "do_configure:append() {\n\tfor entry in ${LIST}; do\n\t\techo \"$entry\"\n\tdone\n}\n"
+	snips, err := Functions(filepath.Join(dir, "r.bb"), []byte(src))
+	if err != nil || len(snips) != 1 {
+		t.Fatal(err, len(snips))
+	}
+	if _, ok := shN(t, snips[0].Script); !ok {
+		t.Fatal("unexpanded script rejected")
+	}
+	vars, err := Assignments(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := shN(t, Expand(snips[0].Script, vars)); ok {
+		t.Fatal("expanded script with | in the for list accepted")
+	}
+	os.WriteFile(filepath.Join(dir, "r.inc"), []byte("LIST = \"a,b,c d,e,f\"\n"), 0o644)
+	vars, _ = Assignments(dir)
+	if msg, ok := shN(t, Expand(snips[0].Script, vars)); !ok {
+		t.Fatalf("comma list rejected: %s", msg)
+	}
+}
+
 // TestLayerShell checks every shell function and script in meta-dstack.
 func TestLayerShell(t *testing.T) {
 	testutil.Need(t, "shellcheck", "sh", "bash")
@@ -57,6 +97,19 @@ func TestLayerShell(t *testing.T) {
 		t.Run(strings.ReplaceAll(rel, "/", "_")+"_"+s.Name, func(t *testing.T) {
 			if msg, ok := check(t, s); !ok {
 				t.Errorf("%s:%d %s\n%s\n--- script ---\n%s", s.File, s.Line, s.Name, msg, s.Script)
+			}
+			if s.Name == "" {
+				return
+			}
+			// With the values BitBake substitutes (assignments in the same directory).
+			vars, err := Assignments(filepath.Dir(s.File))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if x := Expand(s.Script, vars); x != s.Script {
+				if msg, ok := shN(t, x); !ok {
+					t.Errorf("%s:%d %s with BitBake's values substituted: %s\n--- script ---\n%s", s.File, s.Line, s.Name, msg, x)
+				}
 			}
 		})
 	}
