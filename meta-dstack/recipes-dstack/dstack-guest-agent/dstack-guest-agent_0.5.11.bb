@@ -7,7 +7,7 @@ HOMEPAGE = "https://github.com/Dstack-TEE/dstack"
 LICENSE = "Apache-2.0"
 LIC_FILES_CHKSUM = "file://LICENSE;md5=86d3f3a95c324c9479bd8986968f4327"
 
-SRC_URI = "git://github.com/Dstack-TEE/dstack.git;protocol=https;branch=master \
+SRC_URI = "git://github.com/Dstack-TEE/dstack.git;protocol=https;branch=release/v0.5.x \
            file://dstack-guest-agent.service \
 "
 SRCREV = "40eaf35e6b3f112998d01569f2a26110baab123b"
