@@ -31,28 +31,35 @@ SRC_URI += " \
     gomod://github.com/Masterminds/semver/v3;version=v3.3.0;sha256sum=b492e8f6fa4c8240234a6d5095521f75d9e2e7c52672b90b5afde533281b540f \
     gomod://github.com/Masterminds/sprig/v3;version=v3.3.0;sha256sum=c731370f7601711d1df9b4b0c9bb8488fc381b32fd3e7de97a03673e8287b719 \
     gomod://github.com/anchore/go-lzo;version=v0.1.0;sha256sum=74e5636203039daeb2339a7953b653d39a1d15c23856e74135e6c5f9fe749216 \
+    gomod://github.com/davecgh/go-spew;version=v1.1.1;sha256sum=6b44a843951f371b7010c754ecc3cabefe815d5ced1c5b9409fb2d697e8a890d \
     gomod://github.com/diskfs/go-diskfs;version=v1.9.4;sha256sum=4f8acbe8da9b3fb057bcaff97ea2e2906a4c5e588d5c112420be6ced0b106934 \
     gomod://github.com/djherbis/times;version=v1.6.0;sha256sum=21d69060967bc03ea3c39ff8c0b1a95511e96eccd3749a2daef1a02af1bc0a85 \
     gomod://github.com/elliotwutingfeng/asciiset;version=v0.0.0-20260129054604-cfde2086bc57;sha256sum=c13ac18e6d481fa04192dc40e741599d1dedac31b1ba06d84c03008f8079c622 \
+    gomod://github.com/frankban/quicktest;version=v1.14.6;sha256sum=8c7377023523780b2a6508f3c06bd3bbefd3dda064533ad6ff6724986234988d \
+    gomod://github.com/go-test/deep;version=v1.1.1;sha256sum=52844b1cc8b3e4e5613bef80f0f88b02d73edb3c6b24d58f14a20c76d86cb2dc \
+    gomod://github.com/google/go-cmp;version=v0.7.0;sha256sum=64a9ce046f2c320e3783fba0d1f4a15f8a18f0b009b67bf27f7630919db3f539 \
     gomod://github.com/google/uuid;version=v1.6.0;sha256sum=d0f02f377217f42702e259684e06441edbf5140dddcc34ba9bea56038b38a6ed \
     gomod://github.com/huandu/xstrings;version=v1.5.0;sha256sum=74bd0e897e5c35b1fd0e598cb8d9dfcebcb820b6edf3abf850d5404bfaaca6a2 \
     gomod://github.com/klauspost/compress;version=v1.18.5;sha256sum=e1fdde95d97978146243f1e793ce18a09b107d6cd6032347fcb5b9115181497d \
+    gomod://github.com/kr/pretty;version=v0.3.1;sha256sum=ecf5a4af24826c3ad758ce06410ca08e2d58e4d95053be3b9dde2e14852c0cdc \
+    gomod://github.com/kr/text;version=v0.2.0;sha256sum=368eb318f91a5b67be905c47032ab5c31a1d49a97848b1011a0d0a2122b30ba4 \
     gomod://github.com/magefile/mage;version=v1.17.2;sha256sum=a53ebff642ac259db826e89409e84b9f7c13fa3c9d5940848cca499ceea7ef6c \
     gomod://github.com/mitchellh/copystructure;version=v1.2.0;sha256sum=4a1ce1f3c66bf99883e55da50fe1b3122299b79ad1d11c5407abbd74ace12550 \
     gomod://github.com/mitchellh/reflectwalk;version=v1.0.2;sha256sum=c96eed6b50f00b1acdc79224e8e55f66ef3e98e3f7c6373afa3e3b8c6ef440d1 \
     gomod://github.com/pierrec/lz4/v4;version=v4.1.26;sha256sum=cf67f99d8d4ed84775a51de3167b70907e5436dd2f501f37deffac46c0a51ae1 \
     gomod://github.com/pkg/xattr;version=v0.4.12;sha256sum=3657614c6f28f6298164935f48af2515835ae04190ed9f6954b5cdf89b1aee21 \
+    gomod://github.com/pmezard/go-difflib;version=v1.0.0;sha256sum=de04cecc1a4b8d53e4357051026794bcbc54f2e6a260cfac508ce69d5d6457a0 \
     gomod://github.com/rasky/go-lzo;version=v0.0.0-20200203143853-96a758eda86e;sha256sum=0ac65ffc1638da5f12da18c4d8b78e22dec14ff3ff5807410ed1bcaebe24168d \
+    gomod://github.com/rogpeppe/go-internal;version=v1.9.0;sha256sum=7d777908b9c91a1685f2d709550e6b7478e14e9c4699dffd7f0a150e36dbc7e9 \
     gomod://github.com/shopspring/decimal;version=v1.4.0;sha256sum=751d4cd3460984afc72973d2a0df56ed9b10499c5cd0508d7f2207245d9e3315 \
     gomod://github.com/sirupsen/logrus;version=v1.9.4;sha256sum=3847d00c5ee6948f1ff0d0120bc343c55ce852becb7720f8f08f53eecfe9e437 \
     gomod://github.com/spf13/cast;version=v1.7.0;sha256sum=7b24198857474e3f3c9c368fdec153b06003d06863a182c77c0605c3e51002c1 \
+    gomod://github.com/stretchr/testify;version=v1.10.0;sha256sum=36c87573527a97ce97fc15ce2a101e65e5ebb350db142d09f633580cb8d5c839 \
     gomod://github.com/therootcompany/xz;version=v1.0.1;sha256sum=339809a1d21247c99abaf6c0f1c40ca936d118e424a97116ab39ae1c1d1d974e \
     gomod://github.com/ulikunitz/xz;version=v0.5.15;sha256sum=ca1830f9abc6c99a003ad28f2b145ea0af0c99d5769ddff08d23ce055959fd12 \
     gomod://golang.org/x/crypto;version=v0.26.0;sha256sum=ec96acfe28be3ff2fb14201c5f51132f0e24c7d0d6f3201a8aa69c84f989d014 \
-    gomod://golang.org/x/sys;version=v0.0.0-20220408201424-a24fb2fb8a0f;mod=1;sha256sum=f033333096fe198f3151deed93f2deba74e50bbfe7739134045bc3b7ce4a5024 \
-    gomod://golang.org/x/sys;version=v0.0.0-20220615213510-4f61da869c0c;mod=1;sha256sum=f033333096fe198f3151deed93f2deba74e50bbfe7739134045bc3b7ce4a5024 \
     gomod://golang.org/x/sys;version=v0.43.0;sha256sum=cb8b073934cf7e579c9f80c4d12619d5f96fcf97af6f07fdc649e7acec0aaddf \
-    gomod://gopkg.in/check.v1;version=v0.0.0-20161208181325-20d25e280405;mod=1;sha256sum=5c306e0d633cd66a11b40e2e5fbbc6da42110db7d72ea3c1524ceb45ee40c33f \
+    gomod://gopkg.in/check.v1;version=v0.0.0-20161208181325-20d25e280405;sha256sum=4e1817f964ca34e545b81afda0325a5e89cf58de2e413d8207c0afddd0fdc15c \
     gomod://gopkg.in/yaml.v3;version=v3.0.1;sha256sum=aab8fbc4e6300ea08e6afe1caea18a21c90c79f489f52c53e2f20431f1a9a015 \
 "
 
