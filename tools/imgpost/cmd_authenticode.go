@@ -3,7 +3,6 @@ package main
 import (
 	"crypto"
 	"encoding/hex"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -27,20 +26,9 @@ func runAuthenticode(args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintln(stderr, "usage: imgpost authenticode FILE [--algo sha256|sha384|sha512]")
 		fs.PrintDefaults()
 	}
-	// Accept the flag before or after FILE.
-	var files []string
-	for len(args) > 0 {
-		if err := fs.Parse(args); err != nil {
-			if errors.Is(err, flag.ErrHelp) {
-				return nil
-			}
-			return usagef("%v", err)
-		}
-		if fs.NArg() == 0 {
-			break
-		}
-		files = append(files, fs.Arg(0))
-		args = fs.Args()[1:]
+	files, help, err := parseArgs(fs, args, 1)
+	if help || err != nil {
+		return err
 	}
 	if len(files) != 1 {
 		return usagef("give exactly one FILE")

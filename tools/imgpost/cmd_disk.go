@@ -4,7 +4,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -38,14 +37,8 @@ func runDisk(args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintln(stderr, "FAT timestamps come from SOURCE_DATE_EPOCH (default 1980-01-01).")
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
-		return usagef("%v", err)
-	}
-	if fs.NArg() > 0 {
-		return usagef("unexpected argument %q", fs.Arg(0))
+	if _, help, err := parseArgs(fs, args, 0); help || err != nil {
+		return err
 	}
 	if *uki == "" || *rootfs == "" || *out == "" {
 		return usagef("--uki, --rootfs and --out are required")

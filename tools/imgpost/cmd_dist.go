@@ -1,7 +1,6 @@
 package main
 
 import (
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -69,14 +68,8 @@ func runDist(args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintln(stderr, "Tarball times come from SOURCE_DATE_EPOCH (default 0).")
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
-		return usagef("%v", err)
-	}
-	if fs.NArg() > 0 {
-		return usagef("unexpected argument %q", fs.Arg(0))
+	if _, help, err := parseArgs(fs, args, 0); help || err != nil {
+		return err
 	}
 	for _, req := range []struct{ name, v string }{
 		{"--kernel", o.Kernel}, {"--initrd", o.Initrd}, {"--rootfs", o.Rootfs}, {"--stub", o.Stub},

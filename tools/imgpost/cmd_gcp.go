@@ -1,7 +1,6 @@
 package main
 
 import (
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -33,14 +32,8 @@ func runGCP(args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintln(stderr, "The member is always named disk.raw; its mtime is SOURCE_DATE_EPOCH (default 0).")
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
-		return usagef("%v", err)
-	}
-	if fs.NArg() > 0 {
-		return usagef("unexpected argument %q", fs.Arg(0))
+	if _, help, err := parseArgs(fs, args, 0); help || err != nil {
+		return err
 	}
 	if *diskPath == "" || *out == "" {
 		return usagef("--disk and --out are required")

@@ -2,7 +2,6 @@ package main
 
 import (
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -32,19 +31,9 @@ func runInspect(args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintln(stderr, "usage: imgpost inspect FILE [--json]   (FILE: a UKI/PE image or a GPT disk image)")
 		fs.PrintDefaults()
 	}
-	var files []string
-	for len(args) > 0 {
-		if err := fs.Parse(args); err != nil {
-			if errors.Is(err, flag.ErrHelp) {
-				return nil
-			}
-			return usagef("%v", err)
-		}
-		if fs.NArg() == 0 {
-			break
-		}
-		files = append(files, fs.Arg(0))
-		args = fs.Args()[1:]
+	files, help, err := parseArgs(fs, args, 1)
+	if help || err != nil {
+		return err
 	}
 	if len(files) != 1 {
 		return usagef("give exactly one FILE")

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -42,14 +41,8 @@ func runUKI(args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintln(stderr, "usage: imgpost uki --stub linuxx64.efi.stub --linux bzImage --initrd INITRD [--initrd MORE...] (--cmdline STR | --cmdline-file F) [--os-release F] [--uname STR] --out dstack-uki.efi")
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
-		return usagef("%v", err)
-	}
-	if fs.NArg() > 0 {
-		return usagef("unexpected argument %q", fs.Arg(0))
+	if _, help, err := parseArgs(fs, args, 0); help || err != nil {
+		return err
 	}
 	if *stub == "" || *linux == "" || len(initrds) == 0 || *out == "" {
 		return usagef("--stub, --linux, --initrd and --out are required")

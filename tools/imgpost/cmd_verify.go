@@ -1,7 +1,6 @@
 package main
 
 import (
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -26,16 +25,14 @@ func runVerify(args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintln(stderr, "Exit 0 with a short report, or 1 naming the first mismatch.")
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
-		return usagef("%v", err)
+	paths, help, err := parseArgs(fs, args, 1)
+	if help || err != nil {
+		return err
 	}
-	if fs.NArg() != 1 {
-		return usagef("want one PATH, got %d arguments", fs.NArg())
+	if len(paths) != 1 {
+		return usagef("want one PATH, got none")
 	}
-	rep, err := verifyimg.Verify(fs.Arg(0))
+	rep, err := verifyimg.Verify(paths[0])
 	if err != nil {
 		return err
 	}

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -38,14 +37,8 @@ func runVerity(args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintln(stderr, "       imgpost verity --verify FILE --root-hash HEX [--hash-offset BYTES]")
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
-		return usagef("%v", err)
-	}
-	if fs.NArg() > 0 {
-		return usagef("unexpected argument %q", fs.Arg(0))
+	if _, help, err := parseArgs(fs, args, 0); help || err != nil {
+		return err
 	}
 
 	if *verifyPath != "" {

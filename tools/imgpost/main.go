@@ -8,6 +8,7 @@ package main
 
 import (
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -37,6 +38,30 @@ type usageError struct{ msg string }
 func (e usageError) Error() string { return e.msg }
 
 func usagef(format string, a ...any) error { return usageError{fmt.Sprintf(format, a...)} }
+
+// parseArgs parses args into fs, taking flags before and after positional
+// arguments, and returns the positional ones. help is true after -h/--help
+// (fs has printed its usage); a bad flag, or more than max positional
+// arguments, is a usage error.
+func parseArgs(fs *flag.FlagSet, args []string, max int) (pos []string, help bool, err error) {
+	for {
+		if err := fs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return nil, true, nil
+			}
+			return nil, false, usagef("%v", err)
+		}
+		if fs.NArg() == 0 {
+			break
+		}
+		pos = append(pos, fs.Arg(0))
+		args = fs.Args()[1:]
+	}
+	if len(pos) > max {
+		return nil, false, usagef("unexpected argument %q", pos[max])
+	}
+	return pos, false, nil
+}
 
 func usage(w io.Writer) {
 	fmt.Fprintln(w, "usage: imgpost <command> [flags]")
