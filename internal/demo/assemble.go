@@ -90,15 +90,7 @@ func BuildInitramfs(h Host, repoRoot string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	for _, d := range []string{"/dev", "/proc", "/sys", "/run", "/tmp", "/newroot"} {
-		if err := w.AddDir(d, 0o755); err != nil {
-			return err
-		}
-	}
-	if err := w.AddCharDevice("/dev/console", 0o600, 5, 1); err != nil {
-		return err
-	}
-	if err := w.AddCharDevice("/dev/null", 0o666, 1, 3); err != nil {
+	if err := initramfs.AddSkeleton(w, "/dev", "/proc", "/sys", "/run", "/tmp", "/newroot"); err != nil {
 		return err
 	}
 	if err := addRepoFile(w, repoRoot, bootscripts.InitPath, bootscripts.InstalledInit, 0o755); err != nil {

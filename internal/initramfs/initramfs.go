@@ -337,6 +337,21 @@ func AddBusyboxFrom(w *Writer, hostPath, dest string) error {
 	return nil
 }
 
+// AddSkeleton adds what every initramfs needs before its init runs: the
+// given directories (mode 0755) and the /dev/console and /dev/null nodes the
+// kernel and a shell expect before devtmpfs is mounted.
+func AddSkeleton(w *Writer, dirs ...string) error {
+	for _, d := range dirs {
+		if err := w.AddDir(d, 0o755); err != nil {
+			return err
+		}
+	}
+	if err := w.AddCharDevice("/dev/console", 0o600, 5, 1); err != nil {
+		return err
+	}
+	return w.AddCharDevice("/dev/null", 0o666, 1, 3)
+}
+
 // BusyboxImage writes a complete small initramfs to out: /dev/console,
 // empty /proc, /sys, /dev, /tmp, /root mount points, the host's static busybox with
 // its applet links, and /init holding the given shell script (it should
@@ -346,15 +361,7 @@ func BusyboxImage(out io.Writer, init string, gz bool) error {
 	if err != nil {
 		return err
 	}
-	for _, d := range []string{"/dev", "/proc", "/sys", "/tmp", "/root", "/run"} {
-		if err := w.AddDir(d, 0o755); err != nil {
-			return err
-		}
-	}
-	if err := w.AddCharDevice("/dev/console", 0o600, 5, 1); err != nil {
-		return err
-	}
-	if err := w.AddCharDevice("/dev/null", 0o666, 1, 3); err != nil {
+	if err := AddSkeleton(w, "/dev", "/proc", "/sys", "/tmp", "/root", "/run"); err != nil {
 		return err
 	}
 	if err := AddBusybox(w, "/bin/busybox"); err != nil {
