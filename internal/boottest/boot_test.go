@@ -449,28 +449,11 @@ func TestBootFlippedByteRefused(t *testing.T) {
 	t.Parallel()
 	f := getFixture(t)
 	img := copyOf(t, f.verity)
-	flipByte(t, img, f.size/2+123)
+	testutil.FlipByte(t, img, f.size/2+123)
 	out := boot(t, bareMetal(f, f.cmdline(), qemu.Drive{Path: img, ReadOnly: true}))
 	wantRefused(t, out, regexp.QuoteMeta("rootfs verification failed: the contents of /dev/vda do not match dstack.rootfs_hash (wrong hash, or a modified image)"))
 	if !regexp.MustCompile(`device-mapper: verity: .*: data block \d+ is corrupted`).MatchString(out) {
 		t.Errorf("the kernel did not report the corrupted data block")
-	}
-}
-
-func flipByte(t *testing.T, path string, off int64) {
-	t.Helper()
-	fh, err := os.OpenFile(path, os.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer fh.Close()
-	b := []byte{0}
-	if _, err := fh.ReadAt(b, off); err != nil {
-		t.Fatal(err)
-	}
-	b[0] ^= 0x01
-	if _, err := fh.WriteAt(b, off); err != nil {
-		t.Fatal(err)
 	}
 }
 

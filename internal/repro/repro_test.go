@@ -40,23 +40,6 @@ func makeTree(t *testing.T, dir string) {
 	}
 }
 
-func flipByte(t *testing.T, path string, off int64) {
-	t.Helper()
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	b := make([]byte, 1)
-	if _, err := f.ReadAt(b, off); err != nil {
-		t.Fatal(err)
-	}
-	b[0] ^= 0x40
-	if _, err := f.WriteAt(b, off); err != nil {
-		t.Fatal(err)
-	}
-}
-
 // cmpOffset asks GNU cmp (independent tool) where two files first differ;
 // it prints a 1-based byte number.
 func cmpOffset(t *testing.T, a, b string) string {
@@ -74,13 +57,15 @@ func TestCompare(t *testing.T) {
 	}{
 		{name: "identical", mutate: func(*testing.T, string) {}},
 		{
-			name:   "one byte different past the first chunk",
-			mutate: func(t *testing.T, b string) { flipByte(t, filepath.Join(b, "dstack-0.5.5/gcp/disk.raw"), 2<<20+77) },
-			want:   []Difference{{Path: "dstack-0.5.5/gcp/disk.raw", Kind: ContentDiffers, Offset: 2<<20 + 77, SizeA: 3<<20 + 123, SizeB: 3<<20 + 123}},
+			name: "one byte different past the first chunk",
+			mutate: func(t *testing.T, b string) {
+				testutil.FlipByte(t, filepath.Join(b, "dstack-0.5.5/gcp/disk.raw"), 2<<20+77)
+			},
+			want: []Difference{{Path: "dstack-0.5.5/gcp/disk.raw", Kind: ContentDiffers, Offset: 2<<20 + 77, SizeA: 3<<20 + 123, SizeB: 3<<20 + 123}},
 		},
 		{
 			name:   "one byte different at offset 0",
-			mutate: func(t *testing.T, b string) { flipByte(t, filepath.Join(b, "dstack-0.5.5/metadata.json"), 0) },
+			mutate: func(t *testing.T, b string) { testutil.FlipByte(t, filepath.Join(b, "dstack-0.5.5/metadata.json"), 0) },
 			want:   []Difference{{Path: "dstack-0.5.5/metadata.json", Kind: ContentDiffers, Offset: 0, SizeA: 20, SizeB: 20}},
 		},
 		{
@@ -230,7 +215,7 @@ func TestIdenticalDigestsMatchSha256sum(t *testing.T) {
 		t.Fatalf("sha256sum heredoc: %v\n%s", err, out)
 	}
 	// ... and fails once a byte of B changes.
-	flipByte(t, filepath.Join(b, "dstack-0.5.5/dstack-uki.efi"), 3)
+	testutil.FlipByte(t, filepath.Join(b, "dstack-0.5.5/dstack-uki.efi"), 3)
 	check = exec.Command("sh", "-e", "-c", string(script[i:]))
 	check.Dir = b
 	if out, err := check.CombinedOutput(); err == nil {
@@ -243,7 +228,7 @@ func TestWriteReproduceRefusesDifferences(t *testing.T) {
 	a, b := filepath.Join(dir, "a"), filepath.Join(dir, "b")
 	makeTree(t, a)
 	makeTree(t, b)
-	flipByte(t, filepath.Join(b, "dstack-0.5.5/digest.txt"), 1)
+	testutil.FlipByte(t, filepath.Join(b, "dstack-0.5.5/digest.txt"), 1)
 	r, err := Compare(a, b)
 	if err != nil {
 		t.Fatal(err)

@@ -70,23 +70,6 @@ func work(t *testing.T) (dir, set string) {
 	return filepath.Join(dir, "images"), filepath.Join(dir, "images", res.Name)
 }
 
-func flipAt(t *testing.T, path string, off int64) {
-	t.Helper()
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	b := []byte{0}
-	if _, err := f.ReadAt(b, off); err != nil {
-		t.Fatal(err)
-	}
-	b[0] ^= 0x10
-	if _, err := f.WriteAt(b, off); err != nil {
-		t.Fatal(err)
-	}
-}
-
 // TestVerifyGood: all three kinds of input pass, with the root hash dist printed.
 func TestVerifyGood(t *testing.T) {
 	out, res := fixture(t)
@@ -122,13 +105,13 @@ func TestVerifyTampered(t *testing.T) {
 			}
 			p, _ := d.Partition(disk.RootfsName)
 			d.Close()
-			flipAt(t, diskPath(out, set), p.Offset+5*4096+100)
+			testutil.FlipByte(t, diskPath(out, set), p.Offset+5*4096+100)
 		}, "data block 5 "},
 		{"disk-hash-tree-byte", diskPath, func(t *testing.T, out, set string) {
 			d, _ := disk.Open(diskPath(out, set))
 			p, _ := d.Partition(disk.RootfsName)
 			d.Close()
-			flipAt(t, diskPath(out, set), p.Offset+res.Verity.DataSize()+4096+40)
+			testutil.FlipByte(t, diskPath(out, set), p.Offset+res.Verity.DataSize()+4096+40)
 		}, "hash block"},
 		{"disk-changed-uki", diskPath, func(t *testing.T, out, set string) {
 			// A UKI whose command line names another root hash, put on the ESP by mtools.
@@ -149,10 +132,10 @@ func TestVerifyTampered(t *testing.T) {
 			testutil.Run(t, "mdel", "-i", fmt.Sprintf("%s@@%d", diskPath(out, set), esp.Offset), "::EFI/BOOT/BOOTX64.EFI")
 		}, "BOOTX64.EFI"},
 		{"disk-gpt-byte", diskPath, func(t *testing.T, out, set string) {
-			flipAt(t, diskPath(out, set), 512+60) // the disk GUID in the primary GPT header (CRC-covered)
+			testutil.FlipByte(t, diskPath(out, set), 512+60) // the disk GUID in the primary GPT header (CRC-covered)
 		}, "GPT"},
 		{"dir-rootfs-byte", setPath, func(t *testing.T, out, set string) {
-			flipAt(t, filepath.Join(set, dist.RootfsName), 7*4096+1)
+			testutil.FlipByte(t, filepath.Join(set, dist.RootfsName), 7*4096+1)
 		}, "data block 7 "},
 		{"dir-changed-uki", setPath, func(t *testing.T, out, set string) {
 			info, err := uki.Inspect(filepath.Join(set, dist.UKIName))
@@ -161,7 +144,7 @@ func TestVerifyTampered(t *testing.T) {
 			}
 			for _, s := range info.Sections {
 				if s.Name == ".linux" {
-					flipAt(t, filepath.Join(set, dist.UKIName), int64(s.PointerToRawData)+1000)
+					testutil.FlipByte(t, filepath.Join(set, dist.UKIName), int64(s.PointerToRawData)+1000)
 				}
 			}
 		}, "UKI changed"},
@@ -185,13 +168,13 @@ func TestVerifyTampered(t *testing.T) {
 			d, _ := disk.Open(diskPath(out, set))
 			p, _ := d.Partition(disk.RootfsName)
 			d.Close()
-			flipAt(t, diskPath(out, set), p.Offset+3*4096)
+			testutil.FlipByte(t, diskPath(out, set), p.Offset+3*4096)
 		}, "gcp/disk.raw"},
 		{"gcp-tarball-of-tampered-disk", func(out, set string) string { return filepath.Join(out, "re-gcp.tar.gz") }, func(t *testing.T, out, set string) {
 			d, _ := disk.Open(diskPath(out, set))
 			p, _ := d.Partition(disk.RootfsName)
 			d.Close()
-			flipAt(t, diskPath(out, set), p.Offset+9*4096+4095)
+			testutil.FlipByte(t, diskPath(out, set), p.Offset+9*4096+4095)
 			if _, err := gcptar.WriteFile(filepath.Join(out, "re-gcp.tar.gz"), diskPath(out, set), gcptar.Options{}); err != nil {
 				t.Fatal(err)
 			}

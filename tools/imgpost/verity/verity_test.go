@@ -69,23 +69,6 @@ func vsVerify(t *testing.T, file string, hashOffset int64, root string) (bool, s
 	return true, string(out)
 }
 
-func flip(t *testing.T, path string, off int64) {
-	t.Helper()
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	b := make([]byte, 1)
-	if _, err := f.ReadAt(b, off); err != nil {
-		t.Fatal(err)
-	}
-	b[0] ^= 0x01
-	if _, err := f.WriteAt(b, off); err != nil {
-		t.Fatal(err)
-	}
-}
-
 // TestAgainstVeritysetup is the main cross-check: for squashfs images of one
 // block, of a size not a multiple of 4096, and large enough for three tree
 // levels, veritysetup accepts imgpost's output and root hash, produces the
@@ -233,8 +216,8 @@ func TestAgainstVeritysetup(t *testing.T) {
 			}
 			for _, f := range flips {
 				t.Run("flip-"+f.name, func(t *testing.T) {
-					flip(t, out, f.off)
-					defer flip(t, out, f.off)
+					testutil.FlipByte(t, out, f.off)
+					defer testutil.FlipByte(t, out, f.off)
 					if ok, _ := vsVerify(t, out, info.DataSize(), root); ok {
 						t.Errorf("veritysetup verify accepted a flipped byte at %d", f.off)
 					}
