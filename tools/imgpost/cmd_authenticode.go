@@ -3,7 +3,6 @@ package main
 import (
 	"crypto"
 	"encoding/hex"
-	"flag"
 	"fmt"
 	"io"
 
@@ -19,13 +18,9 @@ func init() {
 }
 
 func runAuthenticode(args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("authenticode", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := newFlagSet("authenticode", stderr,
+		"usage: imgpost authenticode FILE [--algo sha256|sha384|sha512]")
 	algo := fs.String("algo", "sha256", "digest `ALGORITHM`: sha256, sha384 or sha512")
-	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: imgpost authenticode FILE [--algo sha256|sha384|sha512]")
-		fs.PrintDefaults()
-	}
 	files, help, err := parseArgs(fs, args, 1)
 	if help || err != nil {
 		return err

@@ -4,7 +4,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-	"flag"
 	"fmt"
 	"io"
 	"strings"
@@ -23,8 +22,9 @@ func init() {
 }
 
 func runDisk(args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("disk", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := newFlagSet("disk", stderr,
+		"usage: imgpost disk --uki dstack-uki.efi --rootfs rootfs.img.verity --out disk.raw [--esp-size 256MiB] [--disk-guid G] [--esp-guid G] [--rootfs-guid G]",
+		"FAT timestamps come from SOURCE_DATE_EPOCH (default 1980-01-01).")
 	uki := fs.String("uki", "", "the UKI `FILE` (becomes EFI/BOOT/BOOTX64.EFI on the ESP)")
 	rootfs := fs.String("rootfs", "", "rootfs.img.verity `FILE` (becomes the dstack-rootfs partition)")
 	out := fs.String("out", "", "output disk image `FILE` (sparse, a whole number of GiB)")
@@ -32,11 +32,6 @@ func runDisk(args []string, stdout, stderr io.Writer) error {
 	diskGUID := fs.String("disk-guid", disk.DefaultDiskGUID, "disk `GUID`")
 	espGUID := fs.String("esp-guid", disk.DefaultESPGUID, "ESP partition `GUID` (PARTUUID)")
 	rootfsGUID := fs.String("rootfs-guid", disk.DefaultRootfsGUID, "dstack-rootfs partition `GUID` (PARTUUID)")
-	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: imgpost disk --uki dstack-uki.efi --rootfs rootfs.img.verity --out disk.raw [--esp-size 256MiB] [--disk-guid G] [--esp-guid G] [--rootfs-guid G]")
-		fmt.Fprintln(stderr, "FAT timestamps come from SOURCE_DATE_EPOCH (default 1980-01-01).")
-		fs.PrintDefaults()
-	}
 	if _, help, err := parseArgs(fs, args, 0); help || err != nil {
 		return err
 	}

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -38,8 +37,10 @@ func isTerminal(w io.Writer) bool {
 }
 
 func runDist(args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("dist", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := newFlagSet("dist", stderr,
+		"usage: imgpost dist --kernel bzImage --initrd initramfs.cpio.gz --rootfs rootfs.squashfs --stub linuxx64.efi.stub",
+		"       [--ovmf ovmf.fd] --dist-name NAME --version VER [--flavor prod|dev] [--git-revision REV] [--out-dir images]",
+		"Tarball times come from SOURCE_DATE_EPOCH (default 0).")
 	var o dist.Options
 	fs.StringVar(&o.Kernel, "kernel", "", "kernel `bzImage` (EFI stub)")
 	fs.StringVar(&o.Initrd, "initrd", "", "initramfs `FILE` (cpio.gz)")
@@ -62,12 +63,6 @@ func runDist(args []string, stdout, stderr io.Writer) error {
 	noTar := fs.Bool("no-tarball", false, "skip the bare-metal tarball (also DSTACK_TAR_RELEASE=0)")
 	espSize := fs.String("esp-size", "256MiB", "ESP `SIZE` of disk.raw")
 	quiet := fs.Bool("quiet", false, "no progress or stage lines on stderr")
-	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: imgpost dist --kernel bzImage --initrd initramfs.cpio.gz --rootfs rootfs.squashfs --stub linuxx64.efi.stub")
-		fmt.Fprintln(stderr, "       [--ovmf ovmf.fd] --dist-name NAME --version VER [--flavor prod|dev] [--git-revision REV] [--out-dir images]")
-		fmt.Fprintln(stderr, "Tarball times come from SOURCE_DATE_EPOCH (default 0).")
-		fs.PrintDefaults()
-	}
 	if _, help, err := parseArgs(fs, args, 0); help || err != nil {
 		return err
 	}

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -20,18 +19,14 @@ func init() {
 }
 
 func runGCP(args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("gcp", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := newFlagSet("gcp", stderr,
+		"usage: imgpost gcp --disk disk.raw --out NAME-gcp.tar.gz [--level 6] [--workers N] [--uncompressed]",
+		"The member is always named disk.raw; its mtime is SOURCE_DATE_EPOCH (default 0).")
 	diskPath := fs.String("disk", "", "the sparse disk image `FILE` (from imgpost disk)")
 	out := fs.String("out", "", "output `FILE`, e.g. NAME-gcp.tar.gz")
 	level := fs.Int("level", 6, "gzip compression `LEVEL` (1-9)")
 	workers := fs.Int("workers", 0, "compressing goroutines (`N`; default all CPUs)")
 	uncompressed := fs.Bool("uncompressed", false, "write the plain tar stream (no gzip)")
-	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: imgpost gcp --disk disk.raw --out NAME-gcp.tar.gz [--level 6] [--workers N] [--uncompressed]")
-		fmt.Fprintln(stderr, "The member is always named disk.raw; its mtime is SOURCE_DATE_EPOCH (default 0).")
-		fs.PrintDefaults()
-	}
 	if _, help, err := parseArgs(fs, args, 0); help || err != nil {
 		return err
 	}

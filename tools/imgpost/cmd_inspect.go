@@ -2,7 +2,6 @@ package main
 
 import (
 	"encoding/json"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -24,13 +23,9 @@ func init() {
 var inspectDisk func(path string, asJSON bool, w io.Writer) error
 
 func runInspect(args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("inspect", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := newFlagSet("inspect", stderr,
+		"usage: imgpost inspect FILE [--json]   (FILE: a UKI/PE image or a GPT disk image)")
 	asJSON := fs.Bool("json", false, "print JSON instead of text")
-	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: imgpost inspect FILE [--json]   (FILE: a UKI/PE image or a GPT disk image)")
-		fs.PrintDefaults()
-	}
 	files, help, err := parseArgs(fs, args, 1)
 	if help || err != nil {
 		return err

@@ -26,8 +26,8 @@ func (m *multiFlag) String() string     { return strings.Join(*m, ",") }
 func (m *multiFlag) Set(v string) error { *m = append(*m, v); return nil }
 
 func runUKI(args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("uki", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := newFlagSet("uki", stderr,
+		"usage: imgpost uki --stub linuxx64.efi.stub --linux bzImage --initrd INITRD [--initrd MORE...] (--cmdline STR | --cmdline-file F) [--os-release F] [--uname STR] --out dstack-uki.efi")
 	stub := fs.String("stub", "", "systemd EFI stub `FILE` (linuxx64.efi.stub)")
 	linux := fs.String("linux", "", "kernel `FILE` (x86 bzImage with the EFI stub)")
 	var initrds multiFlag
@@ -37,10 +37,6 @@ func runUKI(args []string, stdout, stderr io.Writer) error {
 	osrel := fs.String("os-release", "", "os-release `FILE` for the .osrel section (optional)")
 	uname := fs.String("uname", "", "kernel release `STRING` for the .uname section (optional)")
 	out := fs.String("out", "", "output UKI `FILE`; FILE"+authenticode.HashFileSuffix+" gets its SHA-256 Authenticode digest")
-	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: imgpost uki --stub linuxx64.efi.stub --linux bzImage --initrd INITRD [--initrd MORE...] (--cmdline STR | --cmdline-file F) [--os-release F] [--uname STR] --out dstack-uki.efi")
-		fs.PrintDefaults()
-	}
 	if _, help, err := parseArgs(fs, args, 0); help || err != nil {
 		return err
 	}

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"flag"
 	"fmt"
 	"io"
 
@@ -17,14 +16,10 @@ func init() {
 }
 
 func runVerify(args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("verify", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: imgpost verify PATH")
-		fmt.Fprintln(stderr, "PATH is a disk.raw, a <dist>-<ver>/ directory or a <dist>-<ver>-gcp.tar.gz.")
-		fmt.Fprintln(stderr, "Exit 0 with a short report, or 1 naming the first mismatch.")
-		fs.PrintDefaults()
-	}
+	fs := newFlagSet("verify", stderr,
+		"usage: imgpost verify PATH",
+		"PATH is a disk.raw, a <dist>-<ver>/ directory or a <dist>-<ver>-gcp.tar.gz.",
+		"Exit 0 with a short report, or 1 naming the first mismatch.")
 	paths, help, err := parseArgs(fs, args, 1)
 	if help || err != nil {
 		return err

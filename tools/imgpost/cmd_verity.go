@@ -1,7 +1,6 @@
 package main
 
 import (
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -21,8 +20,9 @@ func init() {
 }
 
 func runVerity(args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("verity", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := newFlagSet("verity", stderr,
+		"usage: imgpost verity --data ROOTFS.squashfs --out ROOTFS.img.verity [--salt HEX] [--uuid UUID] [--env FILE] [--no-fs-check]",
+		"       imgpost verity --verify FILE --root-hash HEX [--hash-offset BYTES]")
 	data := fs.String("data", "", "input squashfs `FILE` (the data to protect)")
 	out := fs.String("out", "", "output `FILE`: the data padded to 4096 bytes, then the verity superblock and hash tree")
 	salt := fs.String("salt", verity.DefaultSaltHex, "salt in `HEX` (at most 512 hex digits; \"-\" for none)")
@@ -32,11 +32,6 @@ func runVerity(args []string, stdout, stderr io.Writer) error {
 	verifyPath := fs.String("verify", "", "verify `FILE` (data + hash area) instead of formatting")
 	rootHash := fs.String("root-hash", "", "with --verify: the expected root hash in `HEX`")
 	hashOffset := fs.Int64("hash-offset", -1, "with --verify: offset of the verity superblock in `BYTES` (default: derived from the file size)")
-	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: imgpost verity --data ROOTFS.squashfs --out ROOTFS.img.verity [--salt HEX] [--uuid UUID] [--env FILE] [--no-fs-check]")
-		fmt.Fprintln(stderr, "       imgpost verity --verify FILE --root-hash HEX [--hash-offset BYTES]")
-		fs.PrintDefaults()
-	}
 	if _, help, err := parseArgs(fs, args, 0); help || err != nil {
 		return err
 	}

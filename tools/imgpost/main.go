@@ -39,6 +39,20 @@ func (e usageError) Error() string { return e.msg }
 
 func usagef(format string, a ...any) error { return usageError{fmt.Sprintf(format, a...)} }
 
+// newFlagSet returns the flag set of a subcommand: errors and usage go to
+// stderr, and -h prints the usage lines followed by the flags' defaults.
+func newFlagSet(name string, stderr io.Writer, usage ...string) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		for _, l := range usage {
+			fmt.Fprintln(stderr, l)
+		}
+		fs.PrintDefaults()
+	}
+	return fs
+}
+
 // parseArgs parses args into fs, taking flags before and after positional
 // arguments, and returns the positional ones. help is true after -h/--help
 // (fs has printed its usage); a bad flag, or more than max positional
