@@ -110,6 +110,9 @@ func BenchmarkDist(b *testing.B) {
 		out := filepath.Join(w, "imgpost")
 		o := Options{Kernel: in.Kernel, Initrd: in.Initrd, Rootfs: local, Stub: in.Stub,
 			DistName: "dstack", Version: "bench", Flavor: "prod", OutDir: out}
+		if testing.Verbose() {
+			o.Log = os.Stderr // stage lines with their times
+		}
 		b.StartTimer()
 		t0 := time.Now()
 		if _, err := Run(o); err != nil {

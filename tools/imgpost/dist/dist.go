@@ -316,6 +316,7 @@ func Run(o Options) (res *Result, err error) {
 
 	// 5. disk.raw and the GCP tarball.
 	finals := []string{name}
+	var reuse *Reuse // the rootfs as the GCP archive compressed it
 	if !o.NoGCP {
 		t = lg.start("disk")
 		l, err := disk.BuildFile(filepath.Join(sdir, GCPDir, DiskName), in(UKIName), in(RootfsName),
@@ -334,7 +335,11 @@ func Run(o Options) (res *Result, err error) {
 				return 0, err
 			}
 			defer df.Close()
-			r, err := gcptar.Write(w, df, gcptar.Options{MTime: &mtime, Progress: lg.progress("gcp")})
+			r, err := gcptar.Write(w, df, gcptar.Options{MTime: &mtime, Progress: lg.progress("gcp"),
+				Segment: &gcptar.Region{Offset: l.Rootfs.Offset, Size: l.RootfsData}})
+			if r.Segment != nil {
+				reuse = &Reuse{Name: RootfsName, Archive: filepath.Join(stage, gname), Segment: *r.Segment}
+			}
 			return r.DataSize, err
 		})
 		if err != nil {
@@ -351,7 +356,7 @@ func Run(o Options) (res *Result, err error) {
 		tname := name + ".tar.gz"
 		files := append(sumFiles(o.OVMF != ""), RootfsName, UKIName, AuthHashName, SumName, DigestName)
 		n, sum, err := writeHashed(filepath.Join(stage, tname), func(w io.Writer) (int64, error) {
-			return WriteTarball(w, sdir, name, files, mtime)
+			return WriteTarball(w, sdir, name, files, mtime, reuse)
 		})
 		if err != nil {
 			return nil, fmt.Errorf("stage tarball: %w", err)

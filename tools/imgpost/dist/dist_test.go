@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,6 +14,8 @@ import (
 	"time"
 
 	"github.com/Dstack-TEE/meta-dstack/internal/testutil"
+	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/disk"
+	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/gcptar"
 )
 
 const testEpoch = 1700000000
@@ -187,6 +190,10 @@ func TestDist(t *testing.T) {
 	if hdr, _ := os.ReadFile(tgz); hdr[3] != 0 || !bytes.Equal(hdr[4:8], []byte{0, 0, 0, 0}) {
 		t.Errorf("gzip header has flags %#x mtime % x; want no name, no time", hdr[3], hdr[4:8])
 	}
+	// The rootfs member's compressed bytes are the GCP archive's compressed
+	// rootfs partition, spliced in; gzip -dc gives the same tar stream as
+	// compressing everything afresh.
+	checkTarballReuse(t, d, tgz, filepath.Join(outs[0], "dstack-0.5.0-gcp.tar.gz"), members[1:])
 	// The GCP tarball holds one sparse disk.raw.
 	glist := testutil.Run(t, "tar", "-tvzf", filepath.Join(outs[0], "dstack-0.5.0-gcp.tar.gz"))
 	if f := strings.Fields(glist); len(strings.Split(strings.TrimSpace(glist), "\n")) != 1 || f[len(f)-1] != "disk.raw" {
@@ -345,6 +352,75 @@ func TestRootfsArgs(t *testing.T) {
 		_, size, err := RootfsArgs(tc.cmd)
 		if (err == nil) != tc.ok || size != tc.size {
 			t.Errorf("RootfsArgs(%q) = %d, %v", tc.cmd, size, err)
+		}
+	}
+}
+
+// checkTarballReuse recomputes where the GCP archive holds the rootfs
+// partition compressed, checks that those bytes appear in the bare-metal
+// tarball, that gzip(1) decodes the tarball to the same tar stream
+// WriteTarball writes without reuse, and that a reuse whose size or CRC does
+// not match the file is refused.
+func checkTarballReuse(t *testing.T, dir, tgz, gcpTgz string, members []string) {
+	t.Helper()
+	dk, err := disk.Open(filepath.Join(dir, GCPDir, DiskName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	part, err := dk.Partition(disk.RootfsName)
+	dk.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	df, err := os.Open(filepath.Join(dir, GCPDir, DiskName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer df.Close()
+	st, err := os.Stat(filepath.Join(dir, RootfsName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mtime := time.Unix(testEpoch, 0)
+	var g bytes.Buffer
+	r, err := gcptar.Write(&g, df, gcptar.Options{MTime: &mtime, Segment: &gcptar.Region{Offset: part.Offset, Size: st.Size()}})
+	if err != nil || r.Segment == nil {
+		t.Fatalf("gcptar.Write: %v, segment %v", err, r.Segment)
+	}
+	if gcp, _ := os.ReadFile(gcpTgz); !bytes.Equal(gcp, g.Bytes()) {
+		t.Fatalf("GCP archive differs from a fresh gcptar.Write of its disk")
+	}
+	seg := g.Bytes()[r.Segment.Offset : r.Segment.Offset+r.Segment.Size]
+	tb, _ := os.ReadFile(tgz)
+	if !bytes.Contains(tb, seg) {
+		t.Errorf("the tarball does not contain the GCP archive's compressed rootfs (%d bytes): not reused", len(seg))
+	}
+	var plain bytes.Buffer
+	names := []string{}
+	for _, m := range members {
+		names = append(names, strings.TrimPrefix(m, filepath.Base(dir)+"/"))
+	}
+	if _, err := WriteTarball(&plain, dir, filepath.Base(dir), names, mtime, nil); err != nil {
+		t.Fatal(err)
+	}
+	gunzip := func(b []byte) string {
+		cmd := exec.Command("gzip", "-dc")
+		cmd.Stdin = bytes.NewReader(b)
+		o, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("gzip -dc: %v", err)
+		}
+		return string(o)
+	}
+	if gunzip(tb) != gunzip(plain.Bytes()) {
+		t.Errorf("the tarball with the reused rootfs decodes differently from one compressed afresh")
+	}
+	for _, bad := range []Reuse{
+		{Name: RootfsName, Archive: gcpTgz, Segment: gcptar.Segment{Offset: r.Segment.Offset, Size: r.Segment.Size, Data: r.Segment.Data, CRC: r.Segment.CRC ^ 1}},
+		{Name: RootfsName, Archive: gcpTgz, Segment: gcptar.Segment{Offset: r.Segment.Offset, Size: r.Segment.Size, Data: r.Segment.Data - 4096, CRC: r.Segment.CRC}},
+	} {
+		if _, err := WriteTarball(io.Discard, dir, filepath.Base(dir), names, mtime, &bad); err == nil || !strings.Contains(err.Error(), RootfsName) {
+			t.Errorf("a reuse that does not match the file: err = %v", err)
 		}
 	}
 }

@@ -87,6 +87,18 @@ type Options struct {
 	// Progress, if set, is called with the data bytes read so far and the
 	// total to read.
 	Progress func(done, total int64)
+	// Segment, if set, is a range of the disk to compress on its own (see
+	// GzipWriter.SetCuts), so that its compressed bytes can be reused in
+	// another archive (Result.Segment). It must lie inside one data region.
+	Segment *Region
+}
+
+// Segment is where Options.Segment's compressed bytes are in the archive.
+type Segment struct {
+	Offset int64  // first byte, from the start of the archive
+	Size   int64  // compressed bytes
+	Data   int64  // the disk bytes they decode to (Options.Segment.Size)
+	CRC    uint32 // CRC-32 of those disk bytes
 }
 
 // Result describes a written archive.
@@ -96,6 +108,16 @@ type Result struct {
 	Regions  []Region // sparse map, without the terminating (size, 0) entry
 	TarSize  int64    // uncompressed tar stream size
 	Size     int64    // compressed archive size
+	// Segment locates Options.Segment in the archive; nil when none was asked
+	// for or it was not inside one data region of the disk.
+	Segment *Segment
+}
+
+func (o *Options) name() string {
+	if o.Name == "" {
+		return "disk.raw"
+	}
+	return o.Name
 }
 
 func (o *Options) mtime() (int64, error) {
@@ -154,6 +176,22 @@ func Write(w io.Writer, disk *os.File, opts Options) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
+	var seg *Segment
+	if opts.Segment != nil && opts.Segment.Size > 0 {
+		if at, ok := streamOffset(regions, *opts.Segment); ok {
+			hdr, err := sparseHeaders(opts.name(), 0, regions, size) // only its length counts
+			if err != nil {
+				z.Close()
+				return Result{}, err
+			}
+			at += int64(len(hdr))
+			if err := z.SetCuts(at, at+opts.Segment.Size); err != nil {
+				z.Close()
+				return Result{}, err
+			}
+			seg = &Segment{Data: opts.Segment.Size}
+		}
+	}
 	tarSize, err := writeTar(z, disk, regions, size, opts)
 	if cerr := z.Close(); err == nil {
 		err = cerr
@@ -161,11 +199,30 @@ func Write(w io.Writer, disk *os.File, opts Options) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
+	if m := z.Marks(); seg != nil {
+		if len(m) != 2 || m[1].In-m[0].In != seg.Data {
+			return Result{}, fmt.Errorf("gzip: segment marks %v do not span %d bytes", m, seg.Data)
+		}
+		seg.Offset, seg.Size, seg.CRC = m[0].Out, m[1].Out-m[0].Out, m[1].CRC
+	}
 	var data int64
 	for _, r := range regions {
 		data += r.Size
 	}
-	return Result{DiskSize: size, DataSize: data, Regions: regions, TarSize: tarSize, Size: cw.n}, nil
+	return Result{DiskSize: size, DataSize: data, Regions: regions, TarSize: tarSize, Size: cw.n, Segment: seg}, nil
+}
+
+// streamOffset is where the disk range seg starts in the data part of the
+// tar stream (after the headers), when it lies inside one data region.
+func streamOffset(regions []Region, seg Region) (int64, bool) {
+	var at int64
+	for _, r := range regions {
+		if seg.Offset >= r.Offset && seg.Offset+seg.Size <= r.Offset+r.Size {
+			return at + seg.Offset - r.Offset, true
+		}
+		at += roundBlock(r.Size)
+	}
+	return 0, false
 }
 
 // WriteTar writes the uncompressed sparse tar stream of disk to w (what
@@ -215,11 +272,7 @@ func newStream(disk *os.File, regions []Region, size int64, opts Options) (*stre
 	if err != nil {
 		return nil, err
 	}
-	name := opts.Name
-	if name == "" {
-		name = "disk.raw"
-	}
-	hdr, err := sparseHeaders(name, mtime, regions, size)
+	hdr, err := sparseHeaders(opts.name(), mtime, regions, size)
 	if err != nil {
 		return nil, err
 	}

@@ -25,6 +25,12 @@ const dictSize = 32 << 10
 // 10-byte header without name or time; the trailer carries the CRC-32
 // combined from the blocks' CRCs. The result is a standard gzip stream that
 // any gunzip reads.
+//
+// Two additions let one compression serve two archives: SetCuts ends blocks
+// at given input offsets, with no dictionary reaching back across them, and
+// records where each cut lands in the output (Marks); WriteCompressed splices
+// such a self-contained run of compressed bytes, taken from another stream,
+// into this one.
 type GzipWriter struct {
 	w         io.Writer
 	level     int
@@ -43,6 +49,10 @@ type GzipWriter struct {
 	crc     uint32
 	size    uint64
 	written int64
+	pos     int64   // input bytes dispatched to the workers
+	cuts    []int64 // input offsets still to cut at, increasing
+	marks   []Mark  // one per cut, recorded by the writer goroutine
+	segCRC  uint32  // CRC-32 of the input since the last cut
 	wg      sync.WaitGroup
 	pool    sync.Pool // input blocks
 	outPool sync.Pool // *bytes.Buffer for compressed blocks
@@ -52,10 +62,25 @@ type job struct {
 	in    []byte
 	dict  []byte
 	final bool
+	cut   bool // record a Mark after this job's output
 	out   *bytes.Buffer
 	crc   uint32
 	err   error
 	ready chan struct{}
+	// raw, when set, is already-compressed output copied through as it is:
+	// rawN input bytes whose CRC-32 is rawCRC (see WriteCompressed).
+	raw    io.Reader
+	rawN   int64
+	rawCRC uint32
+}
+
+// Mark is a block boundary made by SetCuts: the output before it ends with a
+// sync flush (byte-aligned), and no block after it uses input before it as
+// dictionary.
+type Mark struct {
+	In  int64  // input bytes before the mark
+	Out int64  // output bytes before the mark (counting the 10-byte gzip header)
+	CRC uint32 // CRC-32 of the input between the previous mark (or the start) and this one
 }
 
 // NewGzipWriter returns a GzipWriter writing to w at the given DEFLATE level
@@ -131,18 +156,45 @@ func (z *GzipWriter) writer() {
 	failed := z.emit(hdr)
 	for j := range z.order {
 		<-j.ready
-		if !failed {
+		switch {
+		case failed:
+		case j.raw != nil:
+			_, err := io.CopyBuffer(writerFunc(func(b []byte) (int, error) {
+				if z.emit(b) {
+					return 0, z.getErr()
+				}
+				return len(b), nil
+			}), j.raw, make([]byte, 1<<20))
+			if err != nil {
+				z.setErr(fmt.Errorf("copy compressed data: %w", err))
+				failed = true
+				break
+			}
+			z.crc = crc32Combine(z.crc, j.rawCRC, j.rawN)
+			z.segCRC = crc32Combine(z.segCRC, j.rawCRC, j.rawN)
+			z.size += uint64(j.rawN)
+		case j.in == nil: // a mark with no data before it
+		default:
 			if j.err != nil {
 				z.setErr(fmt.Errorf("deflate: %w", j.err))
 				failed = true
 			} else {
 				z.crc = crc32Combine(z.crc, j.crc, int64(len(j.in)))
+				z.segCRC = crc32Combine(z.segCRC, j.crc, int64(len(j.in)))
 				z.size += uint64(len(j.in))
 				failed = z.emit(j.out.Bytes())
 			}
 		}
-		z.pool.Put(j.in[:0])
-		z.outPool.Put(j.out)
+		if j.cut && !failed {
+			z.marks = append(z.marks, Mark{In: int64(z.size), Out: z.written, CRC: z.segCRC})
+			z.segCRC = 0
+		}
+		if j.in != nil {
+			z.pool.Put(j.in[:0])
+		}
+		if j.out != nil {
+			z.outPool.Put(j.out)
+		}
 		if j.final && !failed {
 			var tr [8]byte
 			binary.LittleEndian.PutUint32(tr[0:4], z.crc)
@@ -177,10 +229,29 @@ func (z *GzipWriter) getErr() error {
 	return z.err
 }
 
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(b []byte) (int, error) { return f(b) }
+
 // dispatch sends the current block to the workers.
-func (z *GzipWriter) dispatch(final bool) {
-	j := &job{in: z.buf, dict: z.dict, final: final, ready: make(chan struct{})}
-	if len(z.buf) >= dictSize {
+func (z *GzipWriter) dispatch(final bool) { z.dispatchCut(final, false) }
+
+// dispatchCut sends the current block to the workers; with cut, the block
+// ends at a Mark and the next one starts without a dictionary.
+func (z *GzipWriter) dispatchCut(final, cut bool) {
+	if cut && len(z.buf) == 0 && !final {
+		// Nothing to compress: the previous block already ended byte-aligned.
+		j := &job{cut: true, ready: make(chan struct{})}
+		close(j.ready)
+		z.order <- j
+		z.dict = nil
+		return
+	}
+	j := &job{in: z.buf, dict: z.dict, final: final, cut: cut, ready: make(chan struct{})}
+	z.pos += int64(len(z.buf))
+	if cut {
+		z.dict = nil
+	} else if len(z.buf) >= dictSize {
 		z.dict = append([]byte(nil), z.buf[len(z.buf)-dictSize:]...)
 	} else {
 		d := append(append([]byte(nil), z.dict...), z.buf...)
@@ -196,6 +267,49 @@ func (z *GzipWriter) dispatch(final bool) {
 	}
 }
 
+// SetCuts asks for block boundaries at the given input offsets (increasing,
+// not before what was already written): at each, the block in progress is
+// compressed and sync-flushed, the next starts without a dictionary, and a
+// Mark is recorded. The compressed bytes between two marks then decode on
+// their own, whatever precedes them: WriteCompressed can splice them into
+// another stream.
+func (z *GzipWriter) SetCuts(offsets ...int64) error {
+	prev := z.pos + int64(len(z.buf))
+	for _, o := range offsets {
+		if o < prev {
+			return fmt.Errorf("gzip: cut at %d: not after %d", o, prev)
+		}
+		prev = o
+	}
+	z.cuts = append(z.cuts[:0], offsets...)
+	z.cutNow()
+	return nil
+}
+
+// Marks returns the marks recorded for the cuts reached; complete after Close.
+func (z *GzipWriter) Marks() []Mark { return z.marks }
+
+// room is how many more bytes the current block takes before it is full
+// or reaches the next cut.
+func (z *GzipWriter) room() int {
+	r := z.blockSize - len(z.buf)
+	if len(z.cuts) > 0 {
+		r = int(min(int64(r), z.cuts[0]-z.pos-int64(len(z.buf))))
+	}
+	return r
+}
+
+// cutNow dispatches the current block when it is full or at a cut.
+func (z *GzipWriter) cutNow() {
+	for len(z.cuts) > 0 && z.cuts[0] == z.pos+int64(len(z.buf)) {
+		z.cuts = z.cuts[1:]
+		z.dispatchCut(false, true)
+	}
+	if len(z.buf) == z.blockSize {
+		z.dispatch(false)
+	}
+}
+
 // Write compresses p.
 func (z *GzipWriter) Write(p []byte) (int, error) {
 	if z.closed {
@@ -206,14 +320,39 @@ func (z *GzipWriter) Write(p []byte) (int, error) {
 	}
 	n := len(p)
 	for len(p) > 0 {
-		c := min(len(p), z.blockSize-len(z.buf))
+		c := min(len(p), z.room())
 		z.buf = append(z.buf, p[:c]...)
 		p = p[c:]
-		if len(z.buf) == z.blockSize {
-			z.dispatch(false)
-		}
+		z.cutNow()
 	}
 	return n, nil
+}
+
+// WriteCompressed appends n input bytes with CRC-32 crc given already
+// compressed: r yields DEFLATE blocks that are not final, start on a byte
+// boundary, end byte-aligned (a sync flush) and refer to no data before them
+// — the output between two Marks of another GzipWriter. What was written
+// before is flushed first; what is written after starts without a
+// dictionary. r is read by the output goroutine, until Close returns.
+func (z *GzipWriter) WriteCompressed(r io.Reader, n int64, crc uint32) error {
+	if z.closed {
+		return errors.New("gzip: write after close")
+	}
+	if err := z.getErr(); err != nil {
+		return err
+	}
+	if len(z.cuts) > 0 {
+		return errors.New("gzip: WriteCompressed with cuts pending")
+	}
+	if len(z.buf) > 0 {
+		z.dispatch(false)
+	}
+	j := &job{raw: r, rawN: n, rawCRC: crc, ready: make(chan struct{})}
+	close(j.ready)
+	z.order <- j
+	z.pos += n
+	z.dict = nil
+	return nil
 }
 
 // ReadFrom fills blocks straight from r (no extra copy).
@@ -226,12 +365,10 @@ func (z *GzipWriter) ReadFrom(r io.Reader) (int64, error) {
 		if err := z.getErr(); err != nil {
 			return total, err
 		}
-		n, err := io.ReadFull(r, z.buf[len(z.buf):z.blockSize])
+		n, err := io.ReadFull(r, z.buf[len(z.buf):len(z.buf)+z.room()])
 		z.buf = z.buf[:len(z.buf)+n]
 		total += int64(n)
-		if len(z.buf) == z.blockSize {
-			z.dispatch(false)
-		}
+		z.cutNow()
 		if err == io.EOF || err == io.ErrUnexpectedEOF {
 			return total, nil
 		}
