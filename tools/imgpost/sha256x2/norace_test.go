@@ -1,0 +1,5 @@
+//go:build !race
+
+package sha256x2
+
+const raceEnabled = false
