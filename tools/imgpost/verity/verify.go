@@ -198,15 +198,14 @@ func Verify(r io.ReaderAt, hashOffset int64, rootHash []byte) (*Info, error) {
 	nChunks := int((info.DataBlocks + chunkBlocks - 1) / chunkBlocks)
 	l0Off := levelOff(0)
 	type scratch struct {
-		h        *hasher
-		l0, data []byte
+		l0, data, sums []byte
 	}
 	scr := make([]*scratch, Workers())
 	err = parallel(nChunks, func(w, k int) error {
 		if scr[w] == nil {
-			scr[w] = &scratch{h: newHasher(info.Salt), l0: make([]byte, ChunkSize/HashesPerBlock), data: make([]byte, ChunkSize)}
+			scr[w] = &scratch{l0: make([]byte, ChunkSize/HashesPerBlock), data: make([]byte, ChunkSize), sums: make([]byte, ChunkSize/HashesPerBlock)}
 		}
-		wh := scr[w].h
+
 		var ws [DigestSize]byte
 		first := uint64(k) * chunkBlocks
 		nb := min(chunkBlocks, info.DataBlocks-first)
@@ -218,7 +217,7 @@ func Verify(r io.ReaderAt, hashOffset int64, rootHash []byte) (*Info, error) {
 		}
 		for j := uint64(0); j < nl0; j++ {
 			blk := l0[j*BlockSize : (j+1)*BlockSize]
-			wh.sum(ws[:], blk)
+			h.sum(ws[:], blk)
 			want := rootHash
 			if g.levels > 1 {
 				want = stored[1][(j0+j)*DigestSize : (j0+j+1)*DigestSize]
@@ -244,12 +243,13 @@ func Verify(r io.ReaderAt, hashOffset int64, rootHash []byte) (*Info, error) {
 		if n, err := r.ReadAt(data, off); n != len(data) {
 			return fmt.Errorf("read data at offset %d: %v", off, errOr(err, io.ErrUnexpectedEOF))
 		}
+		sums := scr[w].sums[:nb*DigestSize]
+		h.sumBlocks(sums, data)
 		for b := uint64(0); b < nb; b++ {
-			wh.sum(ws[:], data[b*BlockSize:(b+1)*BlockSize])
-			want := l0[b*DigestSize : (b+1)*DigestSize]
-			if !bytes.Equal(ws[:], want) {
+			got, want := sums[b*DigestSize:(b+1)*DigestSize], l0[b*DigestSize:(b+1)*DigestSize]
+			if !bytes.Equal(got, want) {
 				report(&BlockError{Area: "data", Block: first + b, Offset: off + int64(b)*BlockSize,
-					Reason: fmt.Sprintf("hashes to %x, level 0 says %x", ws, want)})
+					Reason: fmt.Sprintf("hashes to %x, level 0 says %x", got, want)})
 				break
 			}
 		}

@@ -18,7 +18,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"hash"
 	"io"
 	"os"
 	"path/filepath"
@@ -29,6 +28,7 @@ import (
 	"sync/atomic"
 
 	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/atomicfile"
+	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/sha256x2"
 )
 
 // Fixed parameters of the format imgpost writes (veritysetup's defaults).
@@ -222,26 +222,39 @@ func newGeometry(dataBlocks uint64) geometry {
 	return g
 }
 
-// hasher hashes blocks with the salt first (hash type 1).
-type hasher struct {
-	h    hash.Hash
-	salt []byte
-}
+// hasher hashes blocks with the salt first (hash type 1), two blocks at a
+// time where it can (package sha256x2: about twice the throughput of one
+// SHA-256 stream on CPUs with SHA-NI). It is safe for concurrent use.
+type hasher struct{ s *sha256x2.Salted }
 
-func newHasher(salt []byte) *hasher { return &hasher{h: sha256.New(), salt: salt} }
+func newHasher(salt []byte) *hasher { return &hasher{s: sha256x2.New(salt)} }
 
 // sum writes the digest of salt||block into out[:DigestSize].
-func (h *hasher) sum(out, block []byte) {
-	h.h.Reset()
-	h.h.Write(h.salt)
-	h.h.Write(block)
-	h.h.Sum(out[:0])
+func (h *hasher) sum(out, block []byte) { h.s.Sum(out, block) }
+
+// sumBlocks writes the digests of the BlockSize blocks of data, in order,
+// into out (DigestSize bytes each).
+func (h *hasher) sumBlocks(out, data []byte) {
+	n := len(data) / BlockSize
+	b := 0
+	for ; b+1 < n; b += 2 {
+		h.s.Sum2(out[b*DigestSize:], out[(b+1)*DigestSize:],
+			data[b*BlockSize:(b+1)*BlockSize], data[(b+1)*BlockSize:(b+2)*BlockSize])
+	}
+	if b < n {
+		h.s.Sum(out[b*DigestSize:], data[b*BlockSize:(b+1)*BlockSize])
+	}
 }
 
 // parallel runs work(w, k) for k in [0, n) on up to GOMAXPROCS workers (w is
 // the worker index) and returns the first error; after an error no new k starts.
 func parallel(n int, work func(w, k int) error) error {
-	workers := min(runtime.GOMAXPROCS(0), n)
+	return parallelN(runtime.GOMAXPROCS(0), n, work)
+}
+
+// parallelN is parallel with at most workers workers.
+func parallelN(workers, n int, work func(w, k int) error) error {
+	workers = max(1, min(workers, n))
 	var next atomic.Int64
 	var failed atomic.Bool
 	errs := make([]error, workers)
@@ -307,8 +320,9 @@ func Format(dst io.WriterAt, src io.ReaderAt, size int64, p Params) (*Info, erro
 		l0Off = treeOff + int64(g.start[0])*BlockSize
 	}
 
-	// A file output gets its whole size reserved first; a file input is
-	// hashed in place through a mapping and written from it.
+	// A file input is hashed in place through a read-only mapping and
+	// written from it; a file output gets its size reserved first where that
+	// is cheap (see preallocate).
 	srcF, _ := src.(*os.File)
 	if dstF, ok := dst.(*os.File); ok {
 		preallocate(dstF, info.Size())
@@ -325,9 +339,7 @@ func Format(dst io.WriterAt, src io.ReaderAt, size int64, p Params) (*Info, erro
 	chunkBlocks := uint64(ChunkSize / BlockSize)
 	nChunks := int((info.DataBlocks + chunkBlocks - 1) / chunkBlocks)
 	workers := min(Workers(), nChunks)
-	bufs := make([][]byte, workers)
-	l0bufs := make([][]byte, workers)
-	hashers := make([]*hasher, workers)
+	h := newHasher(info.Salt)
 	// upper[j] is the digest of level-0 block j: the entries of level 1
 	// (or the root when level 0 is the top).
 	var upper []byte
@@ -335,7 +347,63 @@ func Format(dst io.WriterAt, src io.ReaderAt, size int64, p Params) (*Info, erro
 		upper = make([]byte, g.blocks[0]*DigestSize)
 	}
 
-	err := parallel(nChunks, func(w, k int) (err error) {
+	// The workers hash; one writer goroutine writes what they hashed, so
+	// that they never wait on the output file's lock (parallel writes to
+	// one file contend for it and burn CPU). Chunks in flight are bounded:
+	// each owns a buffer (or a piece of the mapping) until it is written.
+	type done struct {
+		data, l0 []byte
+		off      int64 // of data
+		l0Off    int64
+		mapped   bool
+		buf      []byte // to recycle
+	}
+	inflight := 2*workers + 2
+	bufs := make(chan []byte, inflight)
+	for range inflight {
+		bufs <- nil // allocated on first use
+	}
+	written := make(chan done, inflight)
+	var writeErr error
+	writerDone := make(chan struct{})
+	var stop atomic.Bool
+	go func() {
+		defer close(writerDone)
+		for d := range written {
+			if writeErr == nil {
+				if len(d.l0) > 0 {
+					if _, err := dst.WriteAt(d.l0, d.l0Off); err != nil {
+						writeErr = fmt.Errorf("write hash tree: %w", err)
+					}
+				}
+				if writeErr == nil {
+					if _, err := dst.WriteAt(d.data, d.off); err != nil {
+						writeErr = fmt.Errorf("write data: %w", err)
+					}
+				}
+				if writeErr != nil {
+					stop.Store(true)
+				}
+			}
+			if d.mapped {
+				release(d.data)
+			}
+			bufs <- d.buf
+		}
+	}()
+
+	// Writing a file is one thread's work in the kernel (the file's lock
+	// serialises writers): leave it a core, so that it runs flat out beside
+	// the hashers instead of sharing a core with them (measured on 2 cores:
+	// 0.72-0.78 s per GiB on tmpfs with one hasher, 0.85-0.90 s with two).
+	hashWorkers := workers
+	if _, ok := dst.(*os.File); ok && workers > 1 {
+		hashWorkers = workers - 1
+	}
+	err := parallelN(hashWorkers, nChunks, func(w, k int) (err error) {
+		if stop.Load() {
+			return errors.New("stopped")
+		}
 		if mapped != nil {
 			// A fault on the mapping (the file shrank under us) becomes an error.
 			defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
@@ -345,60 +413,61 @@ func Format(dst io.WriterAt, src io.ReaderAt, size int64, p Params) (*Info, erro
 				}
 			}()
 		}
-		if bufs[w] == nil {
-			bufs[w] = make([]byte, ChunkSize)
-			l0bufs[w] = make([]byte, ChunkSize/HashesPerBlock)
-			hashers[w] = newHasher(info.Salt)
-		}
-		buf, l0, h := bufs[w], l0bufs[w], hashers[w]
 		first := uint64(k) * chunkBlocks
 		nb := min(chunkBlocks, info.DataBlocks-first)
 		off := int64(first) * BlockSize
 		want := min(int64(nb)*BlockSize, size-off)
+		inMap := mapped != nil && want == int64(nb)*BlockSize
+		// buf holds the chunk's level-0 hash blocks, then (unless the
+		// data is hashed in place) the data.
+		l0Size := ChunkSize / HashesPerBlock
+		buf := <-bufs
+		if need := l0Size + ChunkSize; !inMap && len(buf) < need {
+			buf = make([]byte, need)
+		} else if buf == nil {
+			buf = make([]byte, l0Size)
+		}
+		l0 := buf[:l0Size]
 		var data []byte
-		if mapped != nil && want == int64(nb)*BlockSize {
+		if inMap {
 			data = mapped[off : off+want] // whole blocks: hash the page cache in place
 		} else {
-			if n, err := src.ReadAt(buf[:want], off); int64(n) != want {
+			data = buf[l0Size : l0Size+ChunkSize]
+			if n, err := src.ReadAt(data[:want], off); int64(n) != want {
+				bufs <- buf
 				if err == nil || err == io.EOF {
 					err = io.ErrUnexpectedEOF
 				}
 				return fmt.Errorf("read data at offset %d: %w (input shorter than %d bytes?)", off, err, size)
 			}
-			data = buf[:nb*BlockSize]
+			data = data[:nb*BlockSize]
 			clear(data[want:])
 		}
+		d := done{data: data, off: off, mapped: inMap, buf: buf}
 		if g.levels == 0 { // a single data block: its digest is the root
 			h.sum(info.RootHash[:], data)
 		} else {
-			for b := uint64(0); b < nb; b++ {
-				h.sum(l0[b*DigestSize:], data[b*BlockSize:(b+1)*BlockSize])
-			}
+			h.sumBlocks(l0, data[:nb*BlockSize])
 			nl0 := (nb + HashesPerBlock - 1) / HashesPerBlock
 			clear(l0[nb*DigestSize : nl0*BlockSize])
 			j0 := first / HashesPerBlock
-			for j := uint64(0); j < nl0; j++ {
-				h.sum(upper[(j0+j)*DigestSize:], l0[j*BlockSize:(j+1)*BlockSize])
-			}
-			if _, err := dst.WriteAt(l0[:nl0*BlockSize], l0Off+int64(j0)*BlockSize); err != nil {
-				return fmt.Errorf("write hash tree: %w", err)
-			}
+			h.sumBlocks(upper[j0*DigestSize:], l0[:nl0*BlockSize])
+			d.l0, d.l0Off = l0[:nl0*BlockSize], l0Off+int64(j0)*BlockSize
 		}
-		if _, err := dst.WriteAt(data, off); err != nil {
-			return fmt.Errorf("write data: %w", err)
-		}
-		if mapped != nil && len(data) > 0 && &data[0] == &mapped[off] {
-			release(data)
-		}
+		written <- d
 		return nil
 	})
+	close(written)
+	<-writerDone
+	if writeErr != nil {
+		return nil, writeErr
+	}
 	if err != nil {
 		return nil, err
 	}
 
 	// The levels above 0 are small (1/128 of level 0 and less): build them in memory.
 	if g.levels > 0 {
-		h := newHasher(info.Salt)
 		cur := upper
 		for lvl := 1; lvl < g.levels; lvl++ {
 			blk := make([]byte, g.blocks[lvl]*BlockSize)
@@ -407,9 +476,7 @@ func Format(dst io.WriterAt, src io.ReaderAt, size int64, p Params) (*Info, erro
 				return nil, fmt.Errorf("write hash tree: %w", err)
 			}
 			next := make([]byte, g.blocks[lvl]*DigestSize)
-			for j := uint64(0); j < g.blocks[lvl]; j++ {
-				h.sum(next[j*DigestSize:], blk[j*BlockSize:(j+1)*BlockSize])
-			}
+			h.sumBlocks(next, blk)
 			cur = next
 		}
 		copy(info.RootHash[:], cur[:DigestSize])
