@@ -20,6 +20,8 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash"
+	"hash/crc32"
 	"io"
 	"os"
 	"path/filepath"
@@ -245,8 +247,9 @@ func Run(o Options) (res *Result, err error) {
 	}
 	res.Verity = vinfo
 	res.Stages = append(res.Stages, t.done(vinfo.Size()))
-	// The rootfs image's sha256 is for the summary only: compute it beside the next stages.
-	hashes.background(RootfsName, in(RootfsName))
+	// The rootfs image's sha256 (for the summary) and CRC-32 (which the
+	// tarball checks): computed beside the next stages.
+	hashes.background(RootfsName, in(RootfsName), true)
 
 	// 3. Command lines and the UKI.
 	res.Cmdline, res.UKICmdline = Cmdlines(o.CmdlineBase, vinfo, o.GCPCmdlineExtra)
@@ -270,8 +273,8 @@ func Run(o Options) (res *Result, err error) {
 		return nil, fmt.Errorf("stage uki: authenticode: %w", err)
 	}
 	res.Stages = append(res.Stages, t.done(uinfo.Size))
-	hashes.background(UKIName, in(UKIName))
-	hashes.background(AuthHashName, in(AuthHashName))
+	hashes.background(UKIName, in(UKIName), false)
+	hashes.background(AuthHashName, in(AuthHashName), false)
 
 	// 4. metadata.json, sha256sum.txt, digest.txt.
 	md := &Metadata{
@@ -325,7 +328,7 @@ func Run(o Options) (res *Result, err error) {
 			return nil, fmt.Errorf("stage disk: %w", err)
 		}
 		res.Stages = append(res.Stages, t.done(l.RootfsData+l.UKISize))
-		hashes.background(GCPDir+"/"+DiskName, filepath.Join(sdir, GCPDir, DiskName))
+		hashes.background(GCPDir+"/"+DiskName, filepath.Join(sdir, GCPDir, DiskName), false)
 
 		t = lg.start("gcp")
 		gname := name + "-gcp.tar.gz"
@@ -353,6 +356,13 @@ func Run(o Options) (res *Result, err error) {
 	// 6. The bare-metal tarball.
 	if !o.NoTarball {
 		t = lg.start("tarball")
+		if reuse != nil {
+			crc, err := hashes.crc(RootfsName)
+			if err != nil {
+				return nil, fmt.Errorf("stage checksums: %w", err)
+			}
+			reuse.FileCRC = &crc
+		}
 		tname := name + ".tar.gz"
 		files := append(sumFiles(o.OVMF != ""), RootfsName, UKIName, AuthHashName, SumName, DigestName)
 		n, sum, err := writeHashed(filepath.Join(stage, tname), func(w io.Writer) (int64, error) {
@@ -477,15 +487,61 @@ func writeHashed(path string, fill func(io.Writer) (int64, error)) (int64, strin
 		return 0, "", err
 	}
 	defer out.Abort()
-	h := sha256.New()
-	n, err := fill(io.MultiWriter(out.File, h))
+	h := newHashingWriter(out.File)
+	defer h.close()
+	n, err := fill(h)
 	if err != nil {
 		return 0, "", err
 	}
 	if err := out.Commit(); err != nil {
 		return 0, "", err
 	}
-	return n, hex.EncodeToString(h.Sum(nil)), nil
+	return n, hex.EncodeToString(h.sum()), nil
+}
+
+// hashingWriter writes to w and hashes what it writes, the two at the same
+// time: each Write hands p to a hashing goroutine, writes it, and waits for
+// the hash (writing a big file and hashing it are each about a core's
+// worth of work; one after the other they would double the time).
+type hashingWriter struct {
+	w    io.Writer
+	h    hash.Hash
+	in   chan []byte
+	done chan struct{}
+}
+
+func newHashingWriter(w io.Writer) *hashingWriter {
+	hw := &hashingWriter{w: w, h: sha256.New(), in: make(chan []byte), done: make(chan struct{})}
+	go func() {
+		for p := range hw.in {
+			hw.h.Write(p)
+			hw.done <- struct{}{}
+		}
+		close(hw.done)
+	}()
+	return hw
+}
+
+func (hw *hashingWriter) Write(p []byte) (int, error) {
+	if len(p) < 64<<10 { // not worth a hand-off
+		hw.h.Write(p)
+		return hw.w.Write(p)
+	}
+	hw.in <- p
+	n, err := hw.w.Write(p)
+	<-hw.done
+	return n, err
+}
+
+// sum is the sha256 of everything written.
+func (hw *hashingWriter) sum() []byte { return hw.h.Sum(nil) }
+
+// close stops the hashing goroutine.
+func (hw *hashingWriter) close() {
+	if hw.in != nil {
+		close(hw.in)
+		hw.in = nil
+	}
 }
 
 // hashSet collects the sha256 of the artifacts; big files are hashed in the
@@ -493,11 +549,15 @@ func writeHashed(path string, fill func(io.Writer) (int64, error)) (int64, strin
 type hashSet struct {
 	mu   sync.Mutex
 	m    map[string]string
+	crcs    map[string]uint32
+	crcDone map[string]chan struct{} // closed when the CRC of a name is known (or failed)
 	wg   sync.WaitGroup
 	errs []error
 }
 
-func newHashSet() *hashSet { return &hashSet{m: map[string]string{}} }
+func newHashSet() *hashSet {
+	return &hashSet{m: map[string]string{}, crcs: map[string]uint32{}, crcDone: map[string]chan struct{}{}}
+}
 
 func (h *hashSet) set(name, sum string) {
 	h.mu.Lock()
@@ -516,19 +576,44 @@ func (h *hashSet) get(name string) string {
 	return h.m[name]
 }
 
-func (h *hashSet) background(name, path string) {
+func (h *hashSet) background(name, path string, withCRC bool) {
 	h.wg.Add(1)
+	var done chan struct{}
+	if withCRC {
+		done = make(chan struct{})
+		h.crcDone[name] = done
+	}
 	go func() {
 		defer h.wg.Done()
-		sum, err := fileSHA256(path)
+		sum, crc, err := fileSHA256(path, withCRC)
 		h.mu.Lock()
 		defer h.mu.Unlock()
+		if withCRC {
+			defer close(done)
+		}
 		if err != nil {
 			h.errs = append(h.errs, err)
 			return
 		}
 		h.m[name] = sum
+		h.crcs[name] = crc
 	}()
+}
+
+// crc waits for the background hash of name started with withCRC and
+// returns the file's CRC-32.
+func (h *hashSet) crc(name string) (uint32, error) {
+	done, ok := h.crcDone[name]
+	if !ok {
+		return 0, fmt.Errorf("no CRC-32 computed for %s", name)
+	}
+	<-done
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if c, ok := h.crcs[name]; ok {
+		return c, nil
+	}
+	return 0, errors.Join(h.errs...)
 }
 
 func (h *hashSet) wait() error {
@@ -536,35 +621,57 @@ func (h *hashSet) wait() error {
 	return errors.Join(h.errs...)
 }
 
-// fileSHA256 hashes a file; the holes of a sparse file are hashed as zeros
-// without being read.
-func fileSHA256(path string) (string, error) {
+// fileSHA256 hashes a file, and with withCRC also computes its CRC-32; the
+// holes of a sparse file are hashed as zeros without being read.
+func fileSHA256(path string, withCRC bool) (string, uint32, error) {
+	r, c, err := openSparse(path)
+	if err != nil {
+		return "", 0, err
+	}
+	defer c.Close()
+	h := sha256.New()
+	var w io.Writer = h
+	crc := crc32.NewIEEE()
+	if withCRC {
+		w = io.MultiWriter(h, crc)
+	}
+	if _, err := io.CopyBuffer(w, r, make([]byte, 1<<20)); err != nil {
+		return "", 0, fmt.Errorf("sha256 %s: %w", path, err)
+	}
+	return hex.EncodeToString(h.Sum(nil)), crc.Sum32(), nil
+}
+
+// openSparse returns a reader of the file's bytes that yields its holes as
+// zeros without reading them.
+func openSparse(path string) (io.Reader, io.Closer, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return "", err
+		return nil, nil, err
 	}
-	defer f.Close()
 	regions, size, err := gcptar.SparseMap(f)
 	if err != nil {
-		return "", fmt.Errorf("sha256 %s: %w", path, err)
+		f.Close()
+		return nil, nil, fmt.Errorf("%s: %w", path, err)
 	}
-	h := sha256.New()
-	zeros := make([]byte, 1<<20)
+	var parts []io.Reader
 	var pos int64
-	hashZeros := func(n int64) {
-		for n > 0 {
-			c := min(n, int64(len(zeros)))
-			h.Write(zeros[:c])
-			n -= c
-		}
-	}
 	for _, r := range regions {
-		hashZeros(r.Offset - pos)
-		if _, err := io.Copy(h, io.NewSectionReader(f, r.Offset, r.Size)); err != nil {
-			return "", fmt.Errorf("sha256 %s: %w", path, err)
+		if r.Offset > pos {
+			parts = append(parts, io.LimitReader(zeros{}, r.Offset-pos))
 		}
+		parts = append(parts, io.NewSectionReader(f, r.Offset, r.Size))
 		pos = r.Offset + r.Size
 	}
-	hashZeros(size - pos)
-	return hex.EncodeToString(h.Sum(nil)), nil
+	if size > pos {
+		parts = append(parts, io.LimitReader(zeros{}, size-pos))
+	}
+	return io.MultiReader(parts...), f, nil
+}
+
+// zeros reads as an endless run of zero bytes.
+type zeros struct{}
+
+func (zeros) Read(p []byte) (int, error) {
+	clear(p)
+	return len(p), nil
 }

@@ -41,7 +41,7 @@ func tree(t *testing.T, dir string) map[string]string {
 			m[rel+"/"] = "dir"
 			return nil
 		}
-		sum, err := fileSHA256(p)
+		sum, _, err := fileSHA256(p, false)
 		if err != nil {
 			return err
 		}

@@ -26,6 +26,9 @@ type Reuse struct {
 	Name    string // the file in dir it stands for
 	Archive string // the archive holding the compressed bytes
 	Segment gcptar.Segment
+	// FileCRC, when known, is the file's CRC-32 (else WriteTarball reads
+	// the file to compute it).
+	FileCRC *uint32
 }
 
 // WriteTarball writes a deterministic gzip-compressed tar to w: a directory
@@ -126,12 +129,18 @@ func spliceMember(z *gcptar.GzipWriter, f *os.File, size int64, reuse *Reuse) (*
 	if size != seg.Data {
 		return nil, fmt.Errorf("is %d bytes, the compressed copy in %s holds %d", size, reuse.Archive, seg.Data)
 	}
-	h := crc32.NewIEEE()
-	if _, err := io.CopyBuffer(h, f, make([]byte, 1<<20)); err != nil {
-		return nil, err
+	var crc uint32
+	if reuse.FileCRC != nil {
+		crc = *reuse.FileCRC
+	} else {
+		h := crc32.NewIEEE()
+		if _, err := io.CopyBuffer(h, f, make([]byte, 1<<20)); err != nil {
+			return nil, err
+		}
+		crc = h.Sum32()
 	}
-	if h.Sum32() != seg.CRC {
-		return nil, fmt.Errorf("CRC-32 %08x differs from its compressed copy's in %s (%08x)", h.Sum32(), reuse.Archive, seg.CRC)
+	if crc != seg.CRC {
+		return nil, fmt.Errorf("CRC-32 %08x differs from its compressed copy's in %s (%08x)", crc, reuse.Archive, seg.CRC)
 	}
 	a, err := os.Open(reuse.Archive)
 	if err != nil {
