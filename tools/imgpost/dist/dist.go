@@ -547,12 +547,12 @@ func (hw *hashingWriter) close() {
 // hashSet collects the sha256 of the artifacts; big files are hashed in the
 // background while later stages run.
 type hashSet struct {
-	mu   sync.Mutex
-	m    map[string]string
+	mu      sync.Mutex
+	m       map[string]string
 	crcs    map[string]uint32
 	crcDone map[string]chan struct{} // closed when the CRC of a name is known (or failed)
-	wg   sync.WaitGroup
-	errs []error
+	wg      sync.WaitGroup
+	errs    []error
 }
 
 func newHashSet() *hashSet {
