@@ -587,3 +587,38 @@ func TestVerifyHostileSuperblock(t *testing.T) {
 		t.Fatalf("hostile data block count: %v", err)
 	}
 }
+
+// failingWriter fails every write from the n-th on.
+type failingWriter struct {
+	mu sync.Mutex
+	n  int
+}
+
+func (w *failingWriter) WriteAt(p []byte, off int64) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.n--; w.n < 0 {
+		return 0, errors.New("no space left on device")
+	}
+	return len(p), nil
+}
+
+// TestFormatWriteError: a write that fails (a full disk) stops Format with
+// that error, whichever write it is, without hanging the hashing workers.
+func TestFormatWriteError(t *testing.T) {
+	dir := t.TempDir()
+	in := filepath.Join(dir, "data")
+	size := int64(16*ChunkSize + 7)
+	testutil.WriteRandom(t, in, size, 5)
+	f, err := os.Open(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	for _, n := range []int{0, 1, 2, 7, 30} {
+		_, err := Format(&failingWriter{n: n}, f, size, DefaultParams())
+		if err == nil || !strings.Contains(err.Error(), "no space left") || !strings.Contains(err.Error(), "write") {
+			t.Errorf("failing at write %d: err = %v", n, err)
+		}
+	}
+}
