@@ -4,6 +4,7 @@
 package testutil
 
 import (
+	"bytes"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -75,6 +76,19 @@ func Run(t testing.TB, name string, args ...string) string {
 		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
 	}
 	return string(out)
+}
+
+// Gunzip decompresses b with gzip(1) (an independent decoder) and fails the
+// test if gzip refuses it.
+func Gunzip(t testing.TB, b []byte) []byte {
+	t.Helper()
+	cmd := exec.Command("gzip", "-dc")
+	cmd.Stdin = bytes.NewReader(b)
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("gzip -dc: %v", err)
+	}
+	return out
 }
 
 var (

@@ -59,7 +59,7 @@ func tree(t *testing.T, dir string) map[string]string {
 // metadata's command line, objcopy's view of the UKI's .cmdline, GNU tar's view
 // of both tarballs (extracted files equal the directory's), sgdisk on disk.raw.
 func TestDist(t *testing.T) {
-	testutil.Need(t, "mksquashfs", "veritysetup", "objcopy", "tar", "sha256sum", "sgdisk")
+	testutil.Need(t, "mksquashfs", "veritysetup", "objcopy", "tar", "sha256sum", "sgdisk", "gzip")
 	dir := t.TempDir()
 	in := testutil.MakeDistInputs(t, dir, 3<<20, 1)
 	t.Setenv("SOURCE_DATE_EPOCH", fmt.Sprint(testEpoch)) // after mksquashfs, which refuses it beside -mkfs-time
@@ -403,16 +403,7 @@ func checkTarballReuse(t *testing.T, dir, tgz, gcpTgz string, members []string) 
 	if _, err := WriteTarball(&plain, dir, filepath.Base(dir), names, mtime, nil); err != nil {
 		t.Fatal(err)
 	}
-	gunzip := func(b []byte) string {
-		cmd := exec.Command("gzip", "-dc")
-		cmd.Stdin = bytes.NewReader(b)
-		o, err := cmd.Output()
-		if err != nil {
-			t.Fatalf("gzip -dc: %v", err)
-		}
-		return string(o)
-	}
-	if gunzip(tb) != gunzip(plain.Bytes()) {
+	if !bytes.Equal(testutil.Gunzip(t, tb), testutil.Gunzip(t, plain.Bytes())) {
 		t.Errorf("the tarball with the reused rootfs decodes differently from one compressed afresh")
 	}
 	for _, bad := range []Reuse{

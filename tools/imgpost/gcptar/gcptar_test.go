@@ -256,13 +256,7 @@ func TestGzipWriter(t *testing.T) {
 			if err := z.Close(); err != nil {
 				t.Fatal(err)
 			}
-			cmd := exec.Command("gzip", "-dc")
-			cmd.Stdin = bytes.NewReader(out.Bytes())
-			got, err := cmd.Output()
-			if err != nil {
-				t.Fatalf("gzip -dc: %v", err)
-			}
-			if !bytes.Equal(got, in) {
+			if got := testutil.Gunzip(t, out.Bytes()); !bytes.Equal(got, in) {
 				t.Fatalf("gzip -dc gives %d bytes, want %d (or content differs)", len(got), len(in))
 			}
 			if b := out.Bytes(); b[3] != 0 || !bytes.Equal(b[4:8], []byte{0, 0, 0, 0}) {
@@ -293,15 +287,6 @@ func TestGzipSplice(t *testing.T) {
 			}
 		}
 		return b
-	}
-	gunzip := func(t *testing.T, z []byte) []byte {
-		cmd := exec.Command("gzip", "-dc")
-		cmd.Stdin = bytes.NewReader(z)
-		got, err := cmd.Output()
-		if err != nil {
-			t.Fatalf("gzip -dc: %v", err)
-		}
-		return got
 	}
 	bs := 64 << 10
 	for _, tc := range []struct {
@@ -342,7 +327,7 @@ func TestGzipSplice(t *testing.T) {
 			if err := z.Close(); err != nil {
 				t.Fatal(err)
 			}
-			if got := gunzip(t, outA.Bytes()); !bytes.Equal(got, a) {
+			if got := testutil.Gunzip(t, outA.Bytes()); !bytes.Equal(got, a) {
 				t.Fatalf("stream A decodes to %d bytes, want %d (or differs)", len(got), len(a))
 			}
 			m := z.Marks()
@@ -372,7 +357,7 @@ func TestGzipSplice(t *testing.T) {
 				t.Fatal(err)
 			}
 			want := append(append(append([]byte(nil), X...), S...), Y...)
-			if got := gunzip(t, outB.Bytes()); !bytes.Equal(got, want) {
+			if got := testutil.Gunzip(t, outB.Bytes()); !bytes.Equal(got, want) {
 				t.Fatalf("spliced stream decodes to %d bytes, want %d (or differs)", len(got), len(want))
 			}
 		})
@@ -460,15 +445,6 @@ func TestSegment(t *testing.T) {
 	const M = 1 << 20
 	sparseFile(t, p, 64*M, []int64{0, 10 * M, 40 * M}, 3*M)
 	disk, _ := os.ReadFile(p)
-	gunzip := func(b []byte) []byte {
-		cmd := exec.Command("gzip", "-dc")
-		cmd.Stdin = bytes.NewReader(b)
-		o, err := cmd.Output()
-		if err != nil {
-			t.Fatalf("gzip -dc: %v", err)
-		}
-		return o
-	}
 	f, _ := os.Open(p)
 	defer f.Close()
 	var plain bytes.Buffer
@@ -492,7 +468,7 @@ func TestSegment(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if !bytes.Equal(gunzip(out.Bytes()), gunzip(plain.Bytes())) {
+			if !bytes.Equal(testutil.Gunzip(t, out.Bytes()), testutil.Gunzip(t, plain.Bytes())) {
 				t.Fatal("archive with a segment decodes differently")
 			}
 			if (r.Segment != nil) != tc.inside {
@@ -514,7 +490,7 @@ func TestSegment(t *testing.T) {
 			alone.Write([]byte{3, 0}) // final fixed-Huffman block with only end-of-block
 			binary.Write(&alone, binary.LittleEndian, r.Segment.CRC)
 			binary.Write(&alone, binary.LittleEndian, uint32(r.Segment.Data))
-			if got := gunzip(alone.Bytes()); !bytes.Equal(got, want) {
+			if got := testutil.Gunzip(t, alone.Bytes()); !bytes.Equal(got, want) {
 				t.Errorf("segment decodes to %d bytes, want the %d disk bytes", len(got), len(want))
 			}
 		})
