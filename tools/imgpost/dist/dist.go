@@ -247,9 +247,10 @@ func Run(o Options) (res *Result, err error) {
 	}
 	res.Verity = vinfo
 	res.Stages = append(res.Stages, t.done(vinfo.Size()))
-	// The rootfs image's sha256 (for the summary) and CRC-32 (which the
+	// The rootfs image's sha256 (for the summary) and, when the tarball will
+	// reuse the GCP archive's compressed rootfs, its CRC-32 (which the
 	// tarball checks): computed beside the next stages.
-	hashes.background(RootfsName, in(RootfsName), true)
+	hashes.background(RootfsName, in(RootfsName), !o.NoGCP && !o.NoTarball)
 
 	// 3. Command lines and the UKI.
 	res.Cmdline, res.UKICmdline = Cmdlines(o.CmdlineBase, vinfo, o.GCPCmdlineExtra)

@@ -176,15 +176,15 @@ func Write(w io.Writer, disk *os.File, opts Options) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
+	r, err := newStream(disk, regions, size, opts)
+	if err != nil {
+		z.Close()
+		return Result{}, err
+	}
 	var seg *Segment
 	if opts.Segment != nil && opts.Segment.Size > 0 {
 		if at, ok := streamOffset(regions, *opts.Segment); ok {
-			hdr, err := sparseHeaders(opts.name(), 0, regions, size) // only its length counts
-			if err != nil {
-				z.Close()
-				return Result{}, err
-			}
-			at += int64(len(hdr))
+			at += int64(len(r.hdr))
 			if err := z.SetCuts(at, at+opts.Segment.Size); err != nil {
 				z.Close()
 				return Result{}, err
@@ -192,7 +192,7 @@ func Write(w io.Writer, disk *os.File, opts Options) (Result, error) {
 			seg = &Segment{Data: opts.Segment.Size}
 		}
 	}
-	tarSize, err := writeTar(z, disk, regions, size, opts)
+	tarSize, err := copyStream(z, r)
 	if cerr := z.Close(); err == nil {
 		err = cerr
 	}
@@ -232,14 +232,15 @@ func WriteTar(w io.Writer, disk *os.File, opts Options) (int64, error) {
 	if err != nil {
 		return 0, fmt.Errorf("%s: %w", disk.Name(), err)
 	}
-	return writeTar(w, disk, regions, size, opts)
-}
-
-func writeTar(w io.Writer, disk *os.File, regions []Region, size int64, opts Options) (int64, error) {
 	r, err := newStream(disk, regions, size, opts)
 	if err != nil {
 		return 0, err
 	}
+	return copyStream(w, r)
+}
+
+// copyStream writes the tar stream r to w.
+func copyStream(w io.Writer, r *stream) (int64, error) {
 	if rf, ok := w.(io.ReaderFrom); ok {
 		n, err := rf.ReadFrom(r)
 		if err == nil {

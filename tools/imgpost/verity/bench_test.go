@@ -39,6 +39,7 @@ func sha256Floor(path string, pairs bool) error {
 	}
 	chunks := int((size + int64(ChunkSize) - 1) / int64(ChunkSize))
 	bufs := make([][]byte, Workers())
+	h := newHasher(make([]byte, 32))
 	return parallel(chunks, func(w, k int) error {
 		off := int64(k) * int64(ChunkSize)
 		n := min(int64(ChunkSize), size-off)
@@ -54,7 +55,7 @@ func sha256Floor(path string, pairs bool) error {
 		}
 		if pairs {
 			sums := make([]byte, len(data)/BlockSize*DigestSize+DigestSize)
-			pairHasher.sumBlocks(sums, data)
+			h.sumBlocks(sums, data)
 			return nil
 		}
 		for i := 0; i < len(data); i += BlockSize {
@@ -64,8 +65,6 @@ func sha256Floor(path string, pairs bool) error {
 		return nil
 	})
 }
-
-var pairHasher = newHasher(make([]byte, 32))
 
 // benchOutDir is where the benchmark writes: tmpfs (/dev/shm) when there is
 // room, so that both tools are measured on their work rather than on the disk
