@@ -339,10 +339,9 @@ func Run(o Options) (res *Result, err error) {
 				return 0, err
 			}
 			defer df.Close()
-			r, err := gcptar.Write(w, df, gcptar.Options{MTime: &mtime, Progress: lg.progress("gcp"),
-				Segment: &gcptar.Region{Offset: l.Rootfs.Offset, Size: l.RootfsData}})
-			if r.Segment != nil {
-				reuse = &Reuse{Name: RootfsName, Archive: filepath.Join(stage, gname), Segment: *r.Segment}
+			r, err := gcptar.Write(w, df, gcptar.Options{MTime: &mtime, Progress: lg.progress("gcp")})
+			if seg, ok := r.Segment(gcptar.Region{Offset: l.Rootfs.Offset, Size: l.RootfsData}); ok {
+				reuse = &Reuse{Name: RootfsName, Archive: filepath.Join(stage, gname), Segment: seg}
 			}
 			return r.DataSize, err
 		})

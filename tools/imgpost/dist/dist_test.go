@@ -383,14 +383,15 @@ func checkTarballReuse(t *testing.T, dir, tgz, gcpTgz string, members []string) 
 	}
 	mtime := time.Unix(testEpoch, 0)
 	var g bytes.Buffer
-	r, err := gcptar.Write(&g, df, gcptar.Options{MTime: &mtime, Segment: &gcptar.Region{Offset: part.Offset, Size: st.Size()}})
-	if err != nil || r.Segment == nil {
-		t.Fatalf("gcptar.Write: %v, segment %v", err, r.Segment)
+	r, err := gcptar.Write(&g, df, gcptar.Options{MTime: &mtime})
+	rseg, ok := r.Segment(gcptar.Region{Offset: part.Offset, Size: st.Size()})
+	if err != nil || !ok {
+		t.Fatalf("gcptar.Write: %v; no segment for the rootfs among %v", err, r.Segments)
 	}
 	if gcp, _ := os.ReadFile(gcpTgz); !bytes.Equal(gcp, g.Bytes()) {
 		t.Fatalf("GCP archive differs from a fresh gcptar.Write of its disk")
 	}
-	seg := g.Bytes()[r.Segment.Offset : r.Segment.Offset+r.Segment.Size]
+	seg := g.Bytes()[rseg.Offset : rseg.Offset+rseg.Size]
 	tb, _ := os.ReadFile(tgz)
 	if !bytes.Contains(tb, seg) {
 		t.Errorf("the tarball does not contain the GCP archive's compressed rootfs (%d bytes): not reused", len(seg))
@@ -407,8 +408,8 @@ func checkTarballReuse(t *testing.T, dir, tgz, gcpTgz string, members []string) 
 		t.Errorf("the tarball with the reused rootfs decodes differently from one compressed afresh")
 	}
 	for _, bad := range []Reuse{
-		{Name: RootfsName, Archive: gcpTgz, Segment: gcptar.Segment{Offset: r.Segment.Offset, Size: r.Segment.Size, Data: r.Segment.Data, CRC: r.Segment.CRC ^ 1}},
-		{Name: RootfsName, Archive: gcpTgz, Segment: gcptar.Segment{Offset: r.Segment.Offset, Size: r.Segment.Size, Data: r.Segment.Data - 4096, CRC: r.Segment.CRC}},
+		{Name: RootfsName, Archive: gcpTgz, Segment: gcptar.Segment{Region: rseg.Region, Offset: rseg.Offset, Size: rseg.Size, CRC: rseg.CRC ^ 1}},
+		{Name: RootfsName, Archive: gcpTgz, Segment: gcptar.Segment{Region: gcptar.Region{Offset: rseg.Region.Offset, Size: rseg.Region.Size - 4096}, Offset: rseg.Offset, Size: rseg.Size, CRC: rseg.CRC}},
 	} {
 		if _, err := WriteTarball(io.Discard, dir, filepath.Base(dir), names, mtime, &bad); err == nil || !strings.Contains(err.Error(), RootfsName) {
 			t.Errorf("a reuse that does not match the file: err = %v", err)

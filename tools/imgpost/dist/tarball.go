@@ -18,7 +18,7 @@ import (
 const TarballLevel = 6
 
 // Reuse gives one member's data already compressed: a segment of another
-// gzip archive (gcptar.Result.Segment) whose bytes decode to that file.
+// gzip archive (a gcptar.Segment) whose bytes decode to that file.
 // dist uses it for rootfs.img.verity, which the GCP archive has just
 // compressed as the disk's rootfs partition, so the bare-metal tarball does
 // not deflate the same gigabyte a second time.
@@ -126,8 +126,8 @@ func WriteTarball(w io.Writer, dir, prefix string, files []string, mtime time.Ti
 // the archive it opened, which z reads until it is closed.
 func spliceMember(z *gcptar.GzipWriter, f *os.File, size int64, reuse *Reuse) (*os.File, error) {
 	seg := reuse.Segment
-	if size != seg.Data {
-		return nil, fmt.Errorf("is %d bytes, the compressed copy in %s holds %d", size, reuse.Archive, seg.Data)
+	if size != seg.Region.Size {
+		return nil, fmt.Errorf("is %d bytes, the compressed copy in %s holds %d", size, reuse.Archive, seg.Region.Size)
 	}
 	var crc uint32
 	if reuse.FileCRC != nil {

@@ -87,18 +87,19 @@ type Options struct {
 	// Progress, if set, is called with the data bytes read so far and the
 	// total to read.
 	Progress func(done, total int64)
-	// Segment, if set, is a range of the disk to compress on its own (see
-	// GzipWriter.SetCuts), so that its compressed bytes can be reused in
-	// another archive (Result.Segment). It must lie inside one data region.
-	Segment *Region
 }
 
-// Segment is where Options.Segment's compressed bytes are in the archive.
+// Segment is one data region of the disk as the archive holds it: every
+// region is compressed on its own (GzipWriter.SetCuts at its start and end),
+// so its compressed bytes decode without what precedes them and can be
+// reused in another archive (the bare-metal tarball reuses the rootfs
+// partition's). Cutting at regions, a property of the disk alone, keeps the
+// archive the same whoever writes it (`imgpost gcp` or `imgpost dist`).
 type Segment struct {
-	Offset int64  // first byte, from the start of the archive
+	Region        // the disk bytes (Region.Size of them)
+	Offset int64  // first compressed byte, from the start of the archive
 	Size   int64  // compressed bytes
-	Data   int64  // the disk bytes they decode to (Options.Segment.Size)
-	CRC    uint32 // CRC-32 of those disk bytes
+	CRC    uint32 // CRC-32 of the disk bytes
 }
 
 // Result describes a written archive.
@@ -108,9 +109,18 @@ type Result struct {
 	Regions  []Region // sparse map, without the terminating (size, 0) entry
 	TarSize  int64    // uncompressed tar stream size
 	Size     int64    // compressed archive size
-	// Segment locates Options.Segment in the archive; nil when none was asked
-	// for or it was not inside one data region of the disk.
-	Segment *Segment
+	// Segments locate each data region's compressed bytes, in disk order.
+	Segments []Segment
+}
+
+// Segment returns the segment holding exactly the disk bytes of reg.
+func (r *Result) Segment(reg Region) (Segment, bool) {
+	for _, s := range r.Segments {
+		if s.Region == reg {
+			return s, true
+		}
+	}
+	return Segment{}, false
 }
 
 func (o *Options) name() string {
@@ -181,16 +191,17 @@ func Write(w io.Writer, disk *os.File, opts Options) (Result, error) {
 		z.Close()
 		return Result{}, err
 	}
-	var seg *Segment
-	if opts.Segment != nil && opts.Segment.Size > 0 {
-		if at, ok := streamOffset(regions, *opts.Segment); ok {
-			at += int64(len(r.hdr))
-			if err := z.SetCuts(at, at+opts.Segment.Size); err != nil {
-				z.Close()
-				return Result{}, err
-			}
-			seg = &Segment{Data: opts.Segment.Size}
-		}
+	// A cut at the start and at the end of each region's data in the stream
+	// (regions are padded to a tar block, so an end never passes the next start).
+	var cuts []int64
+	at := int64(len(r.hdr))
+	for _, reg := range regions {
+		cuts = append(cuts, at, at+reg.Size)
+		at += roundBlock(reg.Size)
+	}
+	if err := z.SetCuts(cuts...); err != nil {
+		z.Close()
+		return Result{}, err
 	}
 	tarSize, err := copyStream(z, r)
 	if cerr := z.Close(); err == nil {
@@ -199,30 +210,17 @@ func Write(w io.Writer, disk *os.File, opts Options) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
-	if m := z.Marks(); seg != nil {
-		if len(m) != 2 || m[1].In-m[0].In != seg.Data {
-			return Result{}, fmt.Errorf("gzip: segment marks %v do not span %d bytes", m, seg.Data)
-		}
-		seg.Offset, seg.Size, seg.CRC = m[0].Out, m[1].Out-m[0].Out, m[1].CRC
+	m := z.Marks()
+	if len(m) != len(cuts) {
+		return Result{}, fmt.Errorf("gzip: %d marks for %d cuts", len(m), len(cuts))
 	}
-	var data int64
-	for _, r := range regions {
-		data += r.Size
+	res := Result{DiskSize: size, Regions: regions, TarSize: tarSize, Size: cw.n}
+	for i, reg := range regions {
+		start, end := m[2*i], m[2*i+1]
+		res.Segments = append(res.Segments, Segment{Region: reg, Offset: start.Out, Size: end.Out - start.Out, CRC: end.CRC})
+		res.DataSize += reg.Size
 	}
-	return Result{DiskSize: size, DataSize: data, Regions: regions, TarSize: tarSize, Size: cw.n, Segment: seg}, nil
-}
-
-// streamOffset is where the disk range seg starts in the data part of the
-// tar stream (after the headers), when it lies inside one data region.
-func streamOffset(regions []Region, seg Region) (int64, bool) {
-	var at int64
-	for _, r := range regions {
-		if seg.Offset >= r.Offset && seg.Offset+seg.Size <= r.Offset+r.Size {
-			return at + seg.Offset - r.Offset, true
-		}
-		at += roundBlock(r.Size)
-	}
-	return 0, false
+	return res, nil
 }
 
 // WriteTar writes the uncompressed sparse tar stream of disk to w (what
