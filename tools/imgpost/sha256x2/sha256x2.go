@@ -1,4 +1,6 @@
-// Package sha256x2 computes SHA-256 of two equal-length messages at once.
+// Package sha256x2 computes SHA-256 of two messages at once: two
+// equal-length messages with a common prefix (Salted), or two streams of any
+// length (Digest and Write2).
 //
 // On amd64 CPUs with the SHA extensions (SHA-NI, plus SSSE3 and SSE4.1) the
 // two messages are hashed by one assembly loop that interleaves the
@@ -6,7 +8,8 @@
 // while the other lane waits on the latency of its previous one. This gives
 // close to twice the throughput of hashing the messages one after the other,
 // which is what building a dm-verity hash tree needs: many 4096-byte blocks,
-// each hashed as salt||block. Everywhere else (other architectures, the
+// each hashed as salt||block, and what checksumming several big files
+// needs. Everywhere else (other architectures, the
 // purego build tag, CPUs without SHA-NI) a fallback built on crypto/sha256
 // computes the same digests.
 package sha256x2
