@@ -20,14 +20,11 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"hash"
-	"hash/crc32"
 	"io"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/atomicfile"
@@ -216,7 +213,8 @@ func Run(o Options) (res *Result, err error) {
 		return nil, err
 	}
 	in := func(n string) string { return filepath.Join(sdir, n) }
-	hashes := newHashSet()
+	sums := newSummer()
+	defer sums.stop()
 
 	// 1. Copy the boot inputs (hashing them on the way).
 	t := lg.start("copy inputs")
@@ -230,7 +228,7 @@ func Run(o Options) (res *Result, err error) {
 		if err != nil {
 			return nil, err
 		}
-		hashes.set(c[1], sum)
+		sums.set(c[1], sum)
 		copied += n
 	}
 	res.Stages = append(res.Stages, t.done(copied))
@@ -250,7 +248,14 @@ func Run(o Options) (res *Result, err error) {
 	// The rootfs image's sha256 (for the summary) and, when the tarball will
 	// reuse the GCP archive's compressed rootfs, its CRC-32 (which the
 	// tarball checks): computed beside the next stages.
-	hashes.background(RootfsName, in(RootfsName), !o.NoGCP && !o.NoTarball)
+	sums.file(RootfsName, in(RootfsName))
+	rootfsCRC := make(chan crcResult, 1)
+	if !o.NoGCP && !o.NoTarball {
+		go func() {
+			c, err := fileCRC(in(RootfsName))
+			rootfsCRC <- crcResult{c, err}
+		}()
+	}
 
 	// 3. Command lines and the UKI.
 	res.Cmdline, res.UKICmdline = Cmdlines(o.CmdlineBase, vinfo, o.GCPCmdlineExtra)
@@ -274,8 +279,8 @@ func Run(o Options) (res *Result, err error) {
 		return nil, fmt.Errorf("stage uki: authenticode: %w", err)
 	}
 	res.Stages = append(res.Stages, t.done(uinfo.Size))
-	hashes.background(UKIName, in(UKIName), false)
-	hashes.background(AuthHashName, in(AuthHashName), false)
+	sums.file(UKIName, in(UKIName))
+	sums.file(AuthHashName, in(AuthHashName))
 
 	// 4. metadata.json, sha256sum.txt, digest.txt.
 	md := &Metadata{
@@ -289,12 +294,12 @@ func Run(o Options) (res *Result, err error) {
 	if err := atomicfile.WriteFile(in(MetadataName), mj, 0o644); err != nil {
 		return nil, err
 	}
-	hashes.setBytes(MetadataName, mj)
-	var sums []SumEntry
+	sums.setBytes(MetadataName, mj)
+	var entries []SumEntry
 	for _, n := range sumFiles(o.OVMF != "") {
-		sums = append(sums, SumEntry{SHA256: hashes.get(n), Name: n})
+		entries = append(entries, SumEntry{SHA256: sums.get(n), Name: n})
 	}
-	sumText := SHA256SumText(sums)
+	sumText := SHA256SumText(entries)
 	digest := DigestText(sumText)
 	res.Digest = strings.TrimSpace(string(digest))
 	if err := atomicfile.WriteFile(in(SumName), sumText, 0o644); err != nil {
@@ -303,8 +308,8 @@ func Run(o Options) (res *Result, err error) {
 	if err := atomicfile.WriteFile(in(DigestName), digest, 0o644); err != nil {
 		return nil, err
 	}
-	hashes.setBytes(SumName, sumText)
-	hashes.setBytes(DigestName, digest)
+	sums.setBytes(SumName, sumText)
+	sums.setBytes(DigestName, digest)
 
 	mtime := o.MTime
 	if mtime.IsZero() {
@@ -329,11 +334,11 @@ func Run(o Options) (res *Result, err error) {
 			return nil, fmt.Errorf("stage disk: %w", err)
 		}
 		res.Stages = append(res.Stages, t.done(l.RootfsData+l.UKISize))
-		hashes.background(GCPDir+"/"+DiskName, filepath.Join(sdir, GCPDir, DiskName), false)
+		sums.file(GCPDir+"/"+DiskName, filepath.Join(sdir, GCPDir, DiskName))
 
 		t = lg.start("gcp")
 		gname := name + "-gcp.tar.gz"
-		r, sum, err := writeHashed(filepath.Join(stage, gname), func(w io.Writer) (int64, error) {
+		r, err := writeSummed(sums, gname, filepath.Join(stage, gname), func(w io.Writer) (int64, error) {
 			df, err := os.Open(filepath.Join(sdir, GCPDir, DiskName))
 			if err != nil {
 				return 0, err
@@ -348,7 +353,6 @@ func Run(o Options) (res *Result, err error) {
 		if err != nil {
 			return nil, fmt.Errorf("stage gcp: %w", err)
 		}
-		hashes.set(gname, sum)
 		res.Stages = append(res.Stages, t.done(r))
 		finals = append(finals, gname)
 	}
@@ -357,21 +361,20 @@ func Run(o Options) (res *Result, err error) {
 	if !o.NoTarball {
 		t = lg.start("tarball")
 		if reuse != nil {
-			crc, err := hashes.crc(RootfsName)
-			if err != nil {
-				return nil, fmt.Errorf("stage checksums: %w", err)
+			c := <-rootfsCRC
+			if c.err != nil {
+				return nil, fmt.Errorf("stage tarball: %w", c.err)
 			}
-			reuse.FileCRC = &crc
+			reuse.FileCRC = &c.crc
 		}
 		tname := name + ".tar.gz"
 		files := append(sumFiles(o.OVMF != ""), RootfsName, UKIName, AuthHashName, SumName, DigestName)
-		n, sum, err := writeHashed(filepath.Join(stage, tname), func(w io.Writer) (int64, error) {
+		n, err := writeSummed(sums, tname, filepath.Join(stage, tname), func(w io.Writer) (int64, error) {
 			return WriteTarball(w, sdir, name, files, mtime, reuse)
 		})
 		if err != nil {
 			return nil, fmt.Errorf("stage tarball: %w", err)
 		}
-		hashes.set(tname, sum)
 		res.Stages = append(res.Stages, t.done(n))
 		finals = append(finals, tname)
 	}
@@ -381,12 +384,12 @@ func Run(o Options) (res *Result, err error) {
 
 	// 7. Summary hashes (waits for the background ones).
 	t = lg.start("checksums")
-	if err := hashes.wait(); err != nil {
+	if err := sums.wait(); err != nil {
 		return nil, fmt.Errorf("stage checksums: %w", err)
 	}
 	res.Stages = append(res.Stages, t.done(0))
 	for _, n := range []string{KernelName, InitrdName, OVMFName, RootfsName, UKIName, AuthHashName, MetadataName, SumName, DigestName, GCPDir + "/" + DiskName} {
-		if h := hashes.get(n); h != "" {
+		if h := sums.get(n); h != "" {
 			st, err := os.Stat(in(n))
 			if err != nil {
 				return nil, err
@@ -399,7 +402,7 @@ func Run(o Options) (res *Result, err error) {
 		if err != nil {
 			return nil, err
 		}
-		res.Artifacts = append(res.Artifacts, Artifact{Path: filepath.Join(o.OutDir, f), Size: st.Size(), SHA256: hashes.get(f)})
+		res.Artifacts = append(res.Artifacts, Artifact{Path: filepath.Join(o.OutDir, f), Size: st.Size(), SHA256: sums.get(f)})
 	}
 
 	// 8. Publish: move the finished set into place.
@@ -479,199 +482,28 @@ func copyHashed(src, dst string) (int64, string, error) {
 	return n, hex.EncodeToString(h.Sum(nil)), nil
 }
 
-// writeHashed writes path through fill (atomically) and returns what fill
-// returned and the file's sha256.
-func writeHashed(path string, fill func(io.Writer) (int64, error)) (int64, string, error) {
+// writeSummed writes path through fill (atomically) and has s hash it
+// under name while it is written. It returns what fill returned.
+func writeSummed(s *summer, name, path string, fill func(io.Writer) (int64, error)) (int64, error) {
 	out, err := atomicfile.Create(path, 0o644)
 	if err != nil {
-		return 0, "", err
+		return 0, err
 	}
 	defer out.Abort()
-	h := newHashingWriter(out.File)
-	defer h.close()
-	n, err := fill(h)
+	fw, err := s.follow(name, out.File.Name(), out.File)
 	if err != nil {
-		return 0, "", err
+		return 0, err
 	}
-	if err := out.Commit(); err != nil {
-		return 0, "", err
+	n, err := fill(fw)
+	if err == nil {
+		err = out.Commit()
 	}
-	return n, hex.EncodeToString(h.sum()), nil
-}
-
-// hashingWriter writes to w and hashes what it writes, the two at the same
-// time: each Write hands p to a hashing goroutine, writes it, and waits for
-// the hash (writing a big file and hashing it are each about a core's
-// worth of work; one after the other they would double the time).
-type hashingWriter struct {
-	w    io.Writer
-	h    hash.Hash
-	in   chan []byte
-	done chan struct{}
-}
-
-func newHashingWriter(w io.Writer) *hashingWriter {
-	hw := &hashingWriter{w: w, h: sha256.New(), in: make(chan []byte), done: make(chan struct{})}
-	go func() {
-		for p := range hw.in {
-			hw.h.Write(p)
-			hw.done <- struct{}{}
-		}
-		close(hw.done)
-	}()
-	return hw
-}
-
-func (hw *hashingWriter) Write(p []byte) (int, error) {
-	if len(p) < 64<<10 { // not worth a hand-off
-		hw.h.Write(p)
-		return hw.w.Write(p)
-	}
-	hw.in <- p
-	n, err := hw.w.Write(p)
-	<-hw.done
+	fw.finish(err)
 	return n, err
 }
 
-// sum is the sha256 of everything written.
-func (hw *hashingWriter) sum() []byte { return hw.h.Sum(nil) }
-
-// close stops the hashing goroutine.
-func (hw *hashingWriter) close() {
-	if hw.in != nil {
-		close(hw.in)
-		hw.in = nil
-	}
-}
-
-// hashSet collects the sha256 of the artifacts; big files are hashed in the
-// background while later stages run.
-type hashSet struct {
-	mu      sync.Mutex
-	m       map[string]string
-	crcs    map[string]uint32
-	crcDone map[string]chan struct{} // closed when the CRC of a name is known (or failed)
-	wg      sync.WaitGroup
-	errs    []error
-}
-
-func newHashSet() *hashSet {
-	return &hashSet{m: map[string]string{}, crcs: map[string]uint32{}, crcDone: map[string]chan struct{}{}}
-}
-
-func (h *hashSet) set(name, sum string) {
-	h.mu.Lock()
-	h.m[name] = sum
-	h.mu.Unlock()
-}
-
-func (h *hashSet) setBytes(name string, b []byte) {
-	s := sha256.Sum256(b)
-	h.set(name, hex.EncodeToString(s[:]))
-}
-
-func (h *hashSet) get(name string) string {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return h.m[name]
-}
-
-func (h *hashSet) background(name, path string, withCRC bool) {
-	h.wg.Add(1)
-	var done chan struct{}
-	if withCRC {
-		done = make(chan struct{})
-		h.crcDone[name] = done
-	}
-	go func() {
-		defer h.wg.Done()
-		sum, crc, err := fileSHA256(path, withCRC)
-		h.mu.Lock()
-		defer h.mu.Unlock()
-		if withCRC {
-			defer close(done)
-		}
-		if err != nil {
-			h.errs = append(h.errs, err)
-			return
-		}
-		h.m[name] = sum
-		h.crcs[name] = crc
-	}()
-}
-
-// crc waits for the background hash of name started with withCRC and
-// returns the file's CRC-32.
-func (h *hashSet) crc(name string) (uint32, error) {
-	done, ok := h.crcDone[name]
-	if !ok {
-		return 0, fmt.Errorf("no CRC-32 computed for %s", name)
-	}
-	<-done
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if c, ok := h.crcs[name]; ok {
-		return c, nil
-	}
-	return 0, errors.Join(h.errs...)
-}
-
-func (h *hashSet) wait() error {
-	h.wg.Wait()
-	return errors.Join(h.errs...)
-}
-
-// fileSHA256 hashes a file, and with withCRC also computes its CRC-32; the
-// holes of a sparse file are hashed as zeros without being read.
-func fileSHA256(path string, withCRC bool) (string, uint32, error) {
-	r, c, err := openSparse(path)
-	if err != nil {
-		return "", 0, err
-	}
-	defer c.Close()
-	h := sha256.New()
-	var w io.Writer = h
-	crc := crc32.NewIEEE()
-	if withCRC {
-		w = io.MultiWriter(h, crc)
-	}
-	if _, err := io.CopyBuffer(w, r, make([]byte, 1<<20)); err != nil {
-		return "", 0, fmt.Errorf("sha256 %s: %w", path, err)
-	}
-	return hex.EncodeToString(h.Sum(nil)), crc.Sum32(), nil
-}
-
-// openSparse returns a reader of the file's bytes that yields its holes as
-// zeros without reading them.
-func openSparse(path string) (io.Reader, io.Closer, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, nil, err
-	}
-	regions, size, err := gcptar.SparseMap(f)
-	if err != nil {
-		f.Close()
-		return nil, nil, fmt.Errorf("%s: %w", path, err)
-	}
-	var parts []io.Reader
-	var pos int64
-	for _, r := range regions {
-		if r.Offset > pos {
-			parts = append(parts, io.LimitReader(zeros{}, r.Offset-pos))
-		}
-		parts = append(parts, io.NewSectionReader(f, r.Offset, r.Size))
-		pos = r.Offset + r.Size
-	}
-	if size > pos {
-		parts = append(parts, io.LimitReader(zeros{}, size-pos))
-	}
-	return io.MultiReader(parts...), f, nil
-}
-
-// zeros reads as an endless run of zero bytes.
-type zeros struct{}
-
-func (zeros) Read(p []byte) (int, error) {
-	clear(p)
-	return len(p), nil
+// crcResult is a CRC-32 computed in the background.
+type crcResult struct {
+	crc uint32
+	err error
 }
