@@ -31,7 +31,7 @@ type summer struct {
 	m       map[string]string
 	errs    []error
 	queue   []*sumJob
-	follows []*sumJob // every follow job, to end them on stop
+	follows []*sumJob     // every follow job, to end them on stop
 	kick    chan struct{} // a job was queued, or the summer was closed
 	closed  bool
 	stopped bool
