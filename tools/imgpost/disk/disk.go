@@ -19,7 +19,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -396,99 +395,59 @@ func writeESP(sb *sparseBackend, l Layout, uki *os.File, t time.Time) (err error
 	return nil
 }
 
-// copyRange copies n bytes of src (from its start) into dst at off, in
-// 64 MiB chunks spread over all CPUs, each with copy_file_range when the
-// kernel allows it, else with 8 MiB buffers.
+// copyFileRange is unix.CopyFileRange (tests replace it).
+var copyFileRange = unix.CopyFileRange
+
+// copyRange copies n bytes of src (from its start) into dst at off, with
+// copy_file_range when the kernel allows it (a reflink on filesystems that
+// share extents, an in-kernel copy elsewhere), else with an 8 MiB buffer.
+// One thread copies: buffered writes to one file hold its inode lock, so
+// more writers would only wait (spinning) for each other.
 func copyRange(dst *os.File, off int64, src *os.File, n int64, progress func(done, total int64)) error {
-	const chunk = 64 * MiB
-	var (
-		mu     sync.Mutex
-		next   int64 // next chunk start
-		done   int64
-		cfrOK  = true
-		result error
-		wg     sync.WaitGroup
-	)
-	take := func() (int64, bool) {
-		mu.Lock()
-		defer mu.Unlock()
-		if result != nil || next >= n {
-			return 0, false
-		}
-		s := next
-		next += chunk
-		return s, true
-	}
-	finish := func(c int64, err error) {
-		mu.Lock()
-		defer mu.Unlock()
-		if err != nil && result == nil {
-			result = err
-		}
-		done += c
-		if progress != nil && err == nil {
-			progress(done, n)
-		}
-	}
-	useCFR := func() bool { mu.Lock(); defer mu.Unlock(); return cfrOK }
-	for range max(1, min(runtime.NumCPU(), int((n+chunk-1)/chunk))) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			var buf []byte
-			for {
-				s, ok := take()
-				if !ok {
-					return
-				}
-				end := min(s+chunk, n)
-				pos := s
-				for pos < end && useCFR() {
-					soff, doff := pos, off+pos
-					c, err := unix.CopyFileRange(int(src.Fd()), &soff, int(dst.Fd()), &doff, int(end-pos), 0)
-					if err == nil && c > 0 {
-						pos += int64(c)
-						continue
-					}
-					if err == nil {
-						finish(0, fmt.Errorf("unexpected end of input at %d of %d bytes", pos, n))
-						return
-					}
-					if errors.Is(err, unix.EXDEV) || errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.EINVAL) ||
-						errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.EPERM) {
-						mu.Lock()
-						cfrOK = false
-						mu.Unlock()
-						break
-					}
-					finish(0, err)
-					return
-				}
-				for pos < end {
-					if buf == nil {
-						buf = make([]byte, 8*MiB)
-					}
-					b := buf[:min(int64(len(buf)), end-pos)]
-					r, err := src.ReadAt(b, pos)
-					if r < len(b) {
-						if err == nil || err == io.EOF {
-							err = fmt.Errorf("unexpected end of input at %d of %d bytes", pos+int64(r), n)
-						}
-						finish(0, err)
-						return
-					}
-					if _, err := dst.WriteAt(b, off+pos); err != nil {
-						finish(0, err)
-						return
-					}
-					pos += int64(r)
-				}
-				finish(end-s, nil)
+	const step = 64 * MiB // progress granularity
+	var pos int64
+	short := func() error { return fmt.Errorf("unexpected end of input at %d of %d bytes", pos, n) }
+	for pos < n {
+		soff, doff := pos, off+pos
+		c, err := copyFileRange(int(src.Fd()), &soff, int(dst.Fd()), &doff, int(min(step, n-pos)), 0)
+		if err != nil {
+			if errors.Is(err, unix.EXDEV) || errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.EINVAL) ||
+				errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.EPERM) {
+				break // not here: copy through a buffer
 			}
-		}()
+			return err
+		}
+		if c == 0 {
+			return short()
+		}
+		pos += int64(c)
+		if progress != nil {
+			progress(pos, n)
+		}
 	}
-	wg.Wait()
-	return result
+	var buf []byte
+	for pos < n {
+		if buf == nil {
+			buf = make([]byte, 8*MiB)
+		}
+		b := buf[:min(int64(len(buf)), n-pos)]
+		r, err := src.ReadAt(b, pos)
+		if r < len(b) {
+			if err == nil || err == io.EOF {
+				pos += int64(r)
+				err = short()
+			}
+			return err
+		}
+		if _, err := dst.WriteAt(b, off+pos); err != nil {
+			return err
+		}
+		pos += int64(r)
+		if progress != nil {
+			progress(pos, n)
+		}
+	}
+	return nil
 }
 
 // ParseSize parses a byte count: a plain number, or one with a binary suffix

@@ -248,13 +248,18 @@ func Run(o Options) (res *Result, err error) {
 	// The rootfs image's sha256 (for the summary) and, when the tarball will
 	// reuse the GCP archive's compressed rootfs, its CRC-32 (which the
 	// tarball checks): computed beside the next stages.
-	sums.file(RootfsName, in(RootfsName))
-	rootfsCRC := make(chan crcResult, 1)
-	if !o.NoGCP && !o.NoTarball {
-		go func() {
-			c, err := fileCRC(in(RootfsName))
-			rootfsCRC <- crcResult{c, err}
-		}()
+	// With the GCP image, it waits for disk.raw, to be hashed beside it
+	// (the disk stage keeps both CPUs busy).
+	var rootfsCRC <-chan crcResult
+	sumRootfs := func() {
+		if !o.NoGCP && !o.NoTarball {
+			rootfsCRC = sums.fileCRC(RootfsName, in(RootfsName))
+		} else {
+			sums.file(RootfsName, in(RootfsName))
+		}
+	}
+	if o.NoGCP {
+		sumRootfs()
 	}
 
 	// 3. Command lines and the UKI.
@@ -334,6 +339,7 @@ func Run(o Options) (res *Result, err error) {
 			return nil, fmt.Errorf("stage disk: %w", err)
 		}
 		res.Stages = append(res.Stages, t.done(l.RootfsData+l.UKISize))
+		sumRootfs()
 		sums.file(GCPDir+"/"+DiskName, filepath.Join(sdir, GCPDir, DiskName))
 
 		t = lg.start("gcp")
@@ -500,10 +506,4 @@ func writeSummed(s *summer, name, path string, fill func(io.Writer) (int64, erro
 	}
 	fw.finish(err)
 	return n, err
-}
-
-// crcResult is a CRC-32 computed in the background.
-type crcResult struct {
-	crc uint32
-	err error
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash"
 	"hash/crc32"
 	"io"
 	"os"
@@ -52,6 +53,11 @@ type sumJob struct {
 	d    *sha256x2.Digest
 	buf  []byte
 	off  int64
+
+	// With crc (fileCRC), the file's CRC-32 is computed too and sent to
+	// crcOut when the job ends.
+	crc    hash.Hash32
+	crcOut chan crcResult
 
 	// A complete file: its data regions (holes are hashed as zeros
 	// without being read) and size.
@@ -110,18 +116,57 @@ func (s *summer) enqueue(j *sumJob) {
 
 // file hashes the complete file at path under name, in the background.
 func (s *summer) file(name, path string) {
+	s.fileJob(name, path, nil)
+}
+
+// fileCRC is file, and also computes the file's CRC-32 (IEEE), which it
+// sends to the channel it returns.
+func (s *summer) fileCRC(name, path string) <-chan crcResult {
+	c := make(chan crcResult, 1)
+	s.fileJob(name, path, c)
+	return c
+}
+
+func (s *summer) fileJob(name, path string, crcOut chan crcResult) {
+	j := &sumJob{name: name, crcOut: crcOut}
+	if crcOut != nil {
+		j.crc = crc32.NewIEEE()
+	}
 	f, err := os.Open(path)
 	if err != nil {
-		s.fail(err)
+		j.close(s, err)
 		return
 	}
 	regions, size, err := gcptar.SparseMap(f)
 	if err != nil {
 		f.Close()
-		s.fail(fmt.Errorf("%s: %w", path, err))
+		j.close(s, fmt.Errorf("%s: %w", path, err))
 		return
 	}
-	s.enqueue(&sumJob{name: name, f: f, regions: regions, size: size})
+	j.f, j.regions, j.size = f, regions, size
+	s.enqueue(j)
+}
+
+// close finishes j: err io.EOF when all of it was hashed.
+func (j *sumJob) close(s *summer, err error) {
+	if j.f != nil {
+		j.f.Close()
+	}
+	j.buf = nil
+	switch {
+	case err == io.EOF:
+		s.set(j.name, hex.EncodeToString(j.d.Sum(nil)))
+	case err != errStopped:
+		err = fmt.Errorf("sha256 %s: %w", j.name, err)
+		s.fail(err)
+	}
+	if j.crcOut != nil {
+		if err == io.EOF {
+			j.crcOut <- crcResult{crc: j.crc.Sum32()}
+		} else {
+			j.crcOut <- crcResult{err: err}
+		}
+	}
 }
 
 // follow returns a writer that writes to w, the file at path (open for
@@ -209,11 +254,12 @@ func (s *summer) stop() {
 	}
 	<-s.done
 	s.mu.Lock()
-	for _, j := range s.queue {
-		j.f.Close()
-	}
+	q := s.queue
 	s.queue = nil
 	s.mu.Unlock()
+	for _, j := range q {
+		j.close(s, errStopped)
+	}
 }
 
 // next takes the next queued job; with block it waits for one. It returns
@@ -259,7 +305,7 @@ func (s *summer) run() {
 		s.mu.Unlock()
 		if stopped {
 			for _, j := range active {
-				j.f.Close()
+				j.close(s, errStopped)
 			}
 			return
 		}
@@ -282,8 +328,14 @@ func (s *summer) run() {
 			}
 			pb, eb = b.chunk(want, s.zeroes())
 			sha256x2.Write2(a.d, b.d, pa, pb)
+			if b.crc != nil {
+				b.crc.Write(pb)
+			}
 		} else {
 			a.d.Write(pa)
+		}
+		if a.crc != nil {
+			a.crc.Write(pa)
 		}
 		active = active[:0:0]
 		for _, x := range []struct {
@@ -297,13 +349,7 @@ func (s *summer) run() {
 				active = append(active, x.j)
 				continue
 			}
-			x.j.f.Close()
-			x.j.buf = nil
-			if x.err == io.EOF {
-				s.set(x.j.name, hex.EncodeToString(x.j.d.Sum(nil)))
-			} else if x.err != errStopped {
-				s.fail(fmt.Errorf("sha256 %s: %w", x.j.name, x.err))
-			}
+			x.j.close(s, x.err)
 		}
 	}
 }
@@ -376,16 +422,8 @@ func readAt(f *os.File, p []byte, off int64) error {
 	return err
 }
 
-// fileCRC returns the CRC-32 (IEEE) of the file at path.
-func fileCRC(path string) (uint32, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return 0, err
-	}
-	defer f.Close()
-	h := crc32.NewIEEE()
-	if _, err := io.CopyBuffer(h, f, make([]byte, sumChunk)); err != nil {
-		return 0, fmt.Errorf("CRC-32 of %s: %w", path, err)
-	}
-	return h.Sum32(), nil
+// crcResult is a CRC-32 computed in the background.
+type crcResult struct {
+	crc uint32
+	err error
 }

@@ -2,6 +2,7 @@ package dist
 
 import (
 	"errors"
+	"hash/crc32"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -95,12 +96,23 @@ func TestSummer(t *testing.T) {
 			fw.finish(f.Close())
 		}()
 	}
-	for _, n := range names[2:5] {
-		s.file(n, filepath.Join(dir, n))
+	s.file("odd", filepath.Join(dir, "odd"))
+	crcs := map[string]<-chan crcResult{
+		"exact":  s.fileCRC("exact", filepath.Join(dir, "exact")),
+		"sparse": s.fileCRC("sparse", filepath.Join(dir, "sparse")),
 	}
 	wg.Wait()
 	if err := s.wait(); err != nil {
 		t.Fatal(err)
+	}
+	for n, c := range crcs {
+		b, err := os.ReadFile(filepath.Join(dir, n))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r := <-c; r.err != nil || r.crc != crc32.ChecksumIEEE(b) {
+			t.Errorf("%s: CRC-32 %08x, %v; want %08x", n, r.crc, r.err, crc32.ChecksumIEEE(b))
+		}
 	}
 	for _, n := range names {
 		if got, want := s.get(n), sha256sumOf(t, filepath.Join(dir, n)); got != want {
@@ -126,7 +138,11 @@ func TestSummerErrors(t *testing.T) {
 	fw.Write([]byte("partial"))
 	fw.finish(errors.New("disk full"))
 	s.file("missing", filepath.Join(dir, "missing"))
+	crc := s.fileCRC("missing2", filepath.Join(dir, "missing"))
 	err = s.wait()
+	if r := <-crc; r.err == nil {
+		t.Fatal("CRC-32 of a missing file: no error")
+	}
 	if err == nil || !strings.Contains(err.Error(), "disk full") || !strings.Contains(err.Error(), "missing") {
 		t.Fatalf("wait: %v; want the writer's error and the missing file", err)
 	}

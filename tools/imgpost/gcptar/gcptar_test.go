@@ -377,7 +377,11 @@ func TestGzipSplice(t *testing.T) {
 
 func TestCRC32Combine(t *testing.T) {
 	r := rand.New(rand.NewPCG(1, 2))
-	for _, n := range [][2]int{{0, 0}, {0, 5}, {5, 0}, {1, 1}, {1000, 33333}, {1 << 20, 7}} {
+	cases := [][2]int{{0, 0}, {0, 5}, {5, 0}, {1, 1}, {1000, 33333}, {1 << 20, 7}, {3, 1 << 20}, {1, 1<<22 + 12345}}
+	for range 30 {
+		cases = append(cases, [2]int{r.IntN(5000), r.IntN(300000)})
+	}
+	for _, n := range cases {
 		a, b := make([]byte, n[0]), make([]byte, n[1])
 		for i := range a {
 			a[i] = byte(r.Uint32())
