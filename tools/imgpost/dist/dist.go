@@ -248,18 +248,12 @@ func Run(o Options) (res *Result, err error) {
 	// The rootfs image's sha256 (for the summary) and, when the tarball will
 	// reuse the GCP archive's compressed rootfs, its CRC-32 (which the
 	// tarball checks): computed beside the next stages.
-	// With the GCP image, it waits for disk.raw, to be hashed beside it
-	// (the disk stage keeps both CPUs busy).
+	// (The disk stage copies with one thread, which leaves a CPU for this.)
 	var rootfsCRC <-chan crcResult
-	sumRootfs := func() {
-		if !o.NoGCP && !o.NoTarball {
-			rootfsCRC = sums.fileCRC(RootfsName, in(RootfsName))
-		} else {
-			sums.file(RootfsName, in(RootfsName))
-		}
-	}
-	if o.NoGCP {
-		sumRootfs()
+	if !o.NoGCP && !o.NoTarball {
+		rootfsCRC = sums.fileCRC(RootfsName, in(RootfsName))
+	} else {
+		sums.file(RootfsName, in(RootfsName))
 	}
 
 	// 3. Command lines and the UKI.
@@ -339,7 +333,6 @@ func Run(o Options) (res *Result, err error) {
 			return nil, fmt.Errorf("stage disk: %w", err)
 		}
 		res.Stages = append(res.Stages, t.done(l.RootfsData+l.UKISize))
-		sumRootfs()
 		sums.file(GCPDir+"/"+DiskName, filepath.Join(sdir, GCPDir, DiskName))
 
 		t = lg.start("gcp")
