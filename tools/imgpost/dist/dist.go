@@ -489,10 +489,7 @@ func writeSummed(s *summer, name, path string, fill func(io.Writer) (int64, erro
 		return 0, err
 	}
 	defer out.Abort()
-	fw, err := s.follow(name, out.File.Name(), out.File)
-	if err != nil {
-		return 0, err
-	}
+	fw := s.follow(name, out.File)
 	n, err := fill(fw)
 	if err == nil {
 		err = out.Commit()

@@ -15,7 +15,7 @@ import (
 	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/sha256x2"
 )
 
-// sumChunk is how much of a file the summer hashes per step.
+// sumChunk is how much of a complete file the summer hashes per step.
 const sumChunk = 1 << 20
 
 // errStopped ends the jobs still running when the summer is stopped.
@@ -23,25 +23,30 @@ var errStopped = errors.New("checksums stopped")
 
 // summer computes the sha256 of dist's artifacts for sha256sum.txt and the
 // summary. One goroutine hashes the big files two at a time, in the two lanes
-// of sha256x2.Write2, which costs about what hashing one of them costs: files
-// once they are complete (file), and archives while they are being written
-// (follow), reading back what the writer has written so far. Small values
-// are hashed on the spot (setBytes).
+// of sha256x2.Write2, which costs about what hashing one of them costs.
+//
+// There are two kinds of jobs: complete files (file, fileCRC), read in
+// chunks, and archives while they are being written (follow), whose bytes
+// the writer hands over with each write (not read back from the file). At
+// most one archive is hashed at a time, paired with a complete file when
+// there is one: the file lane takes as many bytes as the writer handed over.
+// Small values are hashed on the spot (setBytes).
 type summer struct {
 	mu      sync.Mutex
 	m       map[string]string
 	errs    []error
-	queue   []*sumJob
-	follows []*sumJob     // every follow job, to end them on stop
+	queue   []*sumJob     // jobs not started, or put back (files only)
 	kick    chan struct{} // a job was queued, or the summer was closed
-	closed  bool
+	closed  bool          // no more jobs
+	quit    chan struct{} // closed by stop
 	stopped bool
 	done    chan struct{} // the goroutine has returned
 	zero    []byte        // sumChunk zero bytes: a hole's data
 }
 
 func newSummer() *summer {
-	s := &summer{m: map[string]string{}, kick: make(chan struct{}, 1), done: make(chan struct{})}
+	s := &summer{m: map[string]string{}, kick: make(chan struct{}, 1),
+		quit: make(chan struct{}), done: make(chan struct{})}
 	go s.run()
 	return s
 }
@@ -49,29 +54,34 @@ func newSummer() *summer {
 // sumJob is one file being hashed.
 type sumJob struct {
 	name string
-	f    *os.File
 	d    *sha256x2.Digest
-	buf  []byte
-	off  int64
-
-	// With crc (fileCRC), the file's CRC-32 is computed too and sent to
-	// crcOut when the job ends.
-	crc    hash.Hash32
-	crcOut chan crcResult
 
 	// A complete file: its data regions (holes are hashed as zeros
-	// without being read) and size.
+	// without being read), size, and the offset reached.
+	f       *os.File
 	regions []gcptar.Region
 	size    int64
+	off     int64
+	buf     []byte
 
-	// A file still being written (follow): avail bytes may be read; after
-	// end, nothing more will come (werr says why, if it failed).
+	// A file being written: each write's bytes come on in, and are
+	// acknowledged on ack once hashed; in is closed after the last
+	// (werr, set before, says whether the writer failed).
 	follow bool
-	fmu    sync.Mutex
-	fcond  *sync.Cond
-	avail  int64
-	end    bool
+	in     chan []byte
+	ack    chan struct{}
 	werr   error
+
+	// With fileCRC, the file's CRC-32 is computed too and sent to crcOut
+	// when the job ends.
+	crc    hash.Hash32
+	crcOut chan crcResult
+}
+
+// crcResult is a CRC-32 computed in the background.
+type crcResult struct {
+	crc uint32
+	err error
 }
 
 func (s *summer) set(name, sum string) {
@@ -99,6 +109,13 @@ func (s *summer) fail(err error) {
 	s.mu.Unlock()
 }
 
+func (s *summer) wake() {
+	select {
+	case s.kick <- struct{}{}:
+	default:
+	}
+}
+
 // enqueue hands j to the hashing goroutine.
 func (s *summer) enqueue(j *sumJob) {
 	s.mu.Lock()
@@ -108,10 +125,7 @@ func (s *summer) enqueue(j *sumJob) {
 	}
 	s.queue = append(s.queue, j)
 	s.mu.Unlock()
-	select {
-	case s.kick <- struct{}{}:
-	default:
-	}
+	s.wake()
 }
 
 // file hashes the complete file at path under name, in the background.
@@ -169,74 +183,74 @@ func (j *sumJob) close(s *summer, err error) {
 	}
 }
 
-// follow returns a writer that writes to w, the file at path (open for
-// writing), and hashes under name what was written, in the background. The
-// caller must call finish once it has written everything, or failed.
-func (s *summer) follow(name, path string, w io.Writer) (*followWriter, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	j := &sumJob{name: name, f: f, follow: true}
-	j.fcond = sync.NewCond(&j.fmu)
-	s.mu.Lock()
-	s.follows = append(s.follows, j)
-	s.mu.Unlock()
+// follow returns a writer that writes to w and hashes under name what it
+// wrote, beside the writes. The caller must call finish once it has
+// written everything, or failed.
+func (s *summer) follow(name string, w io.Writer) *followWriter {
+	j := &sumJob{name: name, follow: true, in: make(chan []byte), ack: make(chan struct{})}
 	s.enqueue(j)
-	return &followWriter{w: w, j: j}, nil
+	return &followWriter{w: w, j: j, s: s}
 }
 
 // followWriter is the writer side of a follow job.
 type followWriter struct {
-	w io.Writer
-	j *sumJob
+	w    io.Writer
+	j    *sumJob
+	s    *summer
+	done bool
 }
 
+// Write hands p to the summer, writes it, and returns once both are done:
+// the hash of p runs while the kernel copies it.
 func (fw *followWriter) Write(p []byte) (int, error) {
+	if fw.done {
+		return 0, errors.New("write after finish")
+	}
+	if len(p) == 0 {
+		return fw.w.Write(p)
+	}
+	select {
+	case fw.j.in <- p:
+	case <-fw.s.quit:
+		return 0, errStopped
+	}
 	n, err := fw.w.Write(p)
-	if n > 0 {
-		j := fw.j
-		j.fmu.Lock()
-		j.avail += int64(n)
-		if j.avail-j.off >= sumChunk {
-			j.fcond.Signal()
+	select {
+	case <-fw.j.ack:
+	case <-fw.s.quit:
+		if err == nil {
+			err = errStopped
 		}
-		j.fmu.Unlock()
 	}
 	return n, err
 }
 
 // finish says that the writer is done: err nil if the file is complete.
 func (fw *followWriter) finish(err error) {
-	fw.j.stop(err)
-}
-
-func (j *sumJob) stop(err error) {
-	j.fmu.Lock()
-	if !j.end {
-		j.end, j.werr = true, err
+	if fw.done {
+		return
 	}
-	j.fcond.Signal()
-	j.fmu.Unlock()
+	fw.done = true
+	fw.j.werr = err
+	close(fw.j.in)
 }
 
 // wait stops accepting jobs and returns once the queued ones are hashed,
-// with the errors of those that failed.
+// with the errors of those that failed. Every follow writer must have
+// finished.
 func (s *summer) wait() error {
 	s.mu.Lock()
 	s.closed = true
 	s.mu.Unlock()
-	select {
-	case s.kick <- struct{}{}:
-	default:
-	}
+	s.wake()
 	<-s.done
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return errors.Join(s.errs...)
 }
 
-// stop abandons the jobs (a stage failed) and waits for the goroutine.
+// stop abandons the jobs (a stage failed) and waits for the goroutine;
+// writers still writing get errStopped.
 func (s *summer) stop() {
 	s.mu.Lock()
 	if s.stopped {
@@ -244,113 +258,154 @@ func (s *summer) stop() {
 		return
 	}
 	s.stopped, s.closed = true, true
-	for _, j := range s.follows {
-		j.stop(errStopped)
-	}
+	close(s.quit)
 	s.mu.Unlock()
-	select {
-	case s.kick <- struct{}{}:
-	default:
-	}
 	<-s.done
 	s.mu.Lock()
 	q := s.queue
 	s.queue = nil
 	s.mu.Unlock()
 	for _, j := range q {
-		j.close(s, errStopped)
+		if !j.follow {
+			j.close(s, errStopped)
+		}
 	}
 }
 
-// next takes the next queued job; with block it waits for one. It returns
-// nil if there is none (and, with block, the summer is closed).
-func (s *summer) next(block bool) *sumJob {
+// admit fills the lanes: a queued archive first (in place of a file, which
+// goes back to the head of the queue: it can wait, a writer cannot), then
+// files. With block, it waits for a job when none is active. It returns
+// false when the summer is done: closed, nothing queued, nothing active.
+func (s *summer) admit(active []*sumJob, block bool) ([]*sumJob, bool) {
 	for {
 		s.mu.Lock()
-		if len(s.queue) > 0 {
-			j := s.queue[0]
-			s.queue = s.queue[1:]
+		if s.stopped {
 			s.mu.Unlock()
-			return j
+			return active, false
 		}
-		closed := s.closed
+		hasFollow := len(active) > 0 && active[0].follow
+		if !hasFollow {
+			for i, j := range s.queue {
+				if !j.follow {
+					continue
+				}
+				s.queue = append(s.queue[:i:i], s.queue[i+1:]...)
+				if len(active) == 2 {
+					s.queue = append([]*sumJob{active[1]}, s.queue...)
+					active = active[:1]
+				}
+				active = append([]*sumJob{j}, active...)
+				hasFollow = true
+				break
+			}
+		}
+		for i := 0; len(active) < 2 && i < len(s.queue); {
+			if j := s.queue[i]; !j.follow {
+				s.queue = append(s.queue[:i:i], s.queue[i+1:]...)
+				active = append(active, j)
+				continue
+			}
+			i++
+		}
+		closed := s.closed && len(s.queue) == 0
 		s.mu.Unlock()
-		if !block || closed {
-			return nil
+		for _, j := range active {
+			if j.d == nil {
+				j.d = sha256x2.NewDigest()
+			}
+			if !j.follow && j.buf == nil {
+				j.buf = make([]byte, sumChunk)
+			}
 		}
-		<-s.kick
+		if len(active) > 0 || !block {
+			return active, true
+		}
+		if closed {
+			return active, false
+		}
+		select {
+		case <-s.kick:
+		case <-s.quit:
+		}
 	}
 }
 
-// run is the hashing goroutine: it keeps up to two jobs going, and feeds
-// one chunk of each to Write2 per step, as long as the two have data.
+// run is the hashing goroutine. An active archive, if any, is active[0].
 func (s *summer) run() {
 	defer close(s.done)
 	var active []*sumJob
-	for {
-		for len(active) < 2 {
-			j := s.next(len(active) == 0)
-			if j == nil {
-				break
-			}
-			j.d = sha256x2.NewDigest()
-			j.buf = make([]byte, sumChunk)
-			active = append(active, j)
-		}
-		if len(active) == 0 {
-			return
-		}
-		s.mu.Lock()
-		stopped := s.stopped
-		s.mu.Unlock()
-		if stopped {
-			for _, j := range active {
+	defer func() {
+		for _, j := range active {
+			if !j.follow {
 				j.close(s, errStopped)
 			}
+		}
+	}()
+	for {
+		var ok bool
+		if active, ok = s.admit(active, true); !ok {
 			return
 		}
-		// A job that is being written goes first: how much it has decides
-		// how much of the other one to take, so that both lanes are fed
-		// the same length.
-		if len(active) == 2 && active[1].follow && !active[0].follow {
-			active[0], active[1] = active[1], active[0]
-		}
 		a := active[0]
-		pa, ea := a.chunk(sumChunk, s.zeroes())
-		var b *sumJob
-		var pb []byte
-		var eb error
-		if len(active) == 2 {
-			b = active[1]
-			want := sumChunk
-			if a.follow && len(pa) > 0 {
-				want = len(pa)
+		var pa []byte
+		var ea error
+		if a.follow {
+			var more bool
+			select {
+			case pa, more = <-a.in:
+			case <-s.quit:
+				return
 			}
-			pb, eb = b.chunk(want, s.zeroes())
-			sha256x2.Write2(a.d, b.d, pa, pb)
-			if b.crc != nil {
-				b.crc.Write(pb)
+			if !more {
+				ea = io.EOF
+				if a.werr != nil {
+					ea = a.werr
+				}
 			}
 		} else {
-			a.d.Write(pa)
+			pa, ea = a.chunk(sumChunk, s.zeroes())
 		}
+		var b *sumJob
+		var eb error
+		rest := pa
+		if len(active) == 2 && len(pa) > 0 {
+			// The file lane takes as many bytes as a has, a chunk at a
+			// time, until it ends.
+			b = active[1]
+			for len(rest) > 0 && eb == nil {
+				var pb []byte
+				pb, eb = b.chunk(min(len(rest), sumChunk), s.zeroes())
+				sha256x2.Write2(a.d, b.d, rest[:len(pb)], pb)
+				rest = rest[len(pb):]
+				if b.crc != nil {
+					b.crc.Write(pb)
+				}
+			}
+		}
+		a.d.Write(rest)
 		if a.crc != nil {
 			a.crc.Write(pa)
 		}
-		active = active[:0:0]
+		if a.follow && ea == nil {
+			a.ack <- struct{}{}
+		}
+		next := active[:0:0]
 		for _, x := range []struct {
 			j   *sumJob
 			err error
 		}{{a, ea}, {b, eb}} {
-			if x.j == nil {
-				continue
+			switch {
+			case x.j == nil:
+			case x.err == nil:
+				next = append(next, x.j)
+			default:
+				x.j.close(s, x.err)
 			}
-			if x.err == nil {
-				active = append(active, x.j)
-				continue
-			}
-			x.j.close(s, x.err)
 		}
+		if b == nil && len(active) == 2 {
+			next = append(next, active[1])
+		}
+		active = next
 	}
 }
 
@@ -361,35 +416,10 @@ func (s *summer) zeroes() []byte {
 	return s.zero
 }
 
-// chunk returns the job's next bytes, at most max (and at least one byte
-// unless it returns an error), and io.EOF with the last ones. A follow job
-// waits until a whole chunk was written, or the writer finished.
+// chunk returns the next bytes of a complete file, at most max (at most
+// sumChunk; at least one byte unless it returns an error or the file is
+// empty), and io.EOF with the last ones.
 func (j *sumJob) chunk(max int, zero []byte) ([]byte, error) {
-	if j.follow {
-		j.fmu.Lock()
-		for !j.end && j.avail-j.off < int64(max) {
-			j.fcond.Wait()
-		}
-		n := min(j.avail-j.off, int64(max))
-		end, werr := j.end, j.werr
-		j.fmu.Unlock()
-		if werr != nil {
-			return nil, werr
-		}
-		p := j.buf[:n]
-		if err := readAt(j.f, p, j.off); err != nil {
-			return nil, err
-		}
-		j.fmu.Lock()
-		j.off += n
-		last := end && j.off == j.avail
-		j.fmu.Unlock()
-		if last {
-			return p, io.EOF
-		}
-		return p, nil
-	}
-	// A complete file: the region holding off, or the hole before it.
 	for len(j.regions) > 0 && j.off >= j.regions[0].Offset+j.regions[0].Size {
 		j.regions = j.regions[1:]
 	}
@@ -402,7 +432,10 @@ func (j *sumJob) chunk(max int, zero []byte) ([]byte, error) {
 	default:
 		r := j.regions[0]
 		p = j.buf[:min(int64(max), r.Offset+r.Size-j.off)]
-		if err := readAt(j.f, p, j.off); err != nil {
+		if _, err := j.f.ReadAt(p, j.off); err != nil {
+			if err == io.EOF {
+				err = fmt.Errorf("%s: %w (file shrank while being hashed)", j.f.Name(), io.ErrUnexpectedEOF)
+			}
 			return nil, err
 		}
 	}
@@ -411,19 +444,4 @@ func (j *sumJob) chunk(max int, zero []byte) ([]byte, error) {
 		return p, io.EOF
 	}
 	return p, nil
-}
-
-// readAt fills p from f at off; a file shorter than expected is an error.
-func readAt(f *os.File, p []byte, off int64) error {
-	_, err := f.ReadAt(p, off)
-	if err == io.EOF {
-		return fmt.Errorf("%s: %w (file shrank while being hashed)", f.Name(), io.ErrUnexpectedEOF)
-	}
-	return err
-}
-
-// crcResult is a CRC-32 computed in the background.
-type crcResult struct {
-	crc uint32
-	err error
 }

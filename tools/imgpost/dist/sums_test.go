@@ -72,10 +72,7 @@ func TestSummer(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		fw, err := s.follow(n, p, f)
-		if err != nil {
-			t.Fatal(err)
-		}
+		fw := s.follow(n, f)
 		b := data(size)
 		seed := uint64(i)
 		wg.Add(1)
@@ -131,15 +128,12 @@ func TestSummerErrors(t *testing.T) {
 	defer f.Close()
 
 	s := newSummer()
-	fw, err := s.follow("a", p, f)
-	if err != nil {
-		t.Fatal(err)
-	}
+	fw := s.follow("a", f)
 	fw.Write([]byte("partial"))
 	fw.finish(errors.New("disk full"))
 	s.file("missing", filepath.Join(dir, "missing"))
 	crc := s.fileCRC("missing2", filepath.Join(dir, "missing"))
-	err = s.wait()
+	err := s.wait()
 	if r := <-crc; r.err == nil {
 		t.Fatal("CRC-32 of a missing file: no error")
 	}
@@ -150,16 +144,27 @@ func TestSummerErrors(t *testing.T) {
 		t.Fatal("a sum was recorded for a failed file")
 	}
 
-	// A writer that never finishes: stop must not hang.
+	// A writer that never finishes, and a second one queued behind it
+	// (one archive is hashed at a time), blocked in Write: stop must not
+	// hang, and the blocked Write fails.
 	s = newSummer()
-	if _, err := s.follow("b", p, f); err != nil {
-		t.Fatal(err)
-	}
+	fb := s.follow("b", f)
+	fb.Write([]byte("b"))
+	fc := s.follow("c", f)
+	werr := make(chan error, 1)
+	go func() { _, err := fc.Write([]byte("c")); werr <- err }()
+	time.Sleep(50 * time.Millisecond)
 	done := make(chan struct{})
 	go func() { s.stop(); close(done) }()
 	select {
 	case <-done:
 	case <-time.After(10 * time.Second):
 		t.Fatal("stop hung on an unfinished writer")
+	}
+	if err := <-werr; !errors.Is(err, errStopped) {
+		t.Fatalf("Write blocked behind another archive, after stop: %v", err)
+	}
+	if _, err := fb.Write([]byte("more")); !errors.Is(err, errStopped) {
+		t.Fatalf("Write after stop: %v", err)
 	}
 }
