@@ -18,6 +18,9 @@ import (
 // sumChunk is how much of a complete file the summer hashes per step.
 const sumChunk = 1 << 20
 
+// zeroChunk is a hole's data: sumChunk zero bytes, never written.
+var zeroChunk [sumChunk]byte
+
 // errStopped ends the jobs still running when the summer is stopped.
 var errStopped = errors.New("checksums stopped")
 
@@ -32,16 +35,14 @@ var errStopped = errors.New("checksums stopped")
 // there is one: the file lane takes as many bytes as the writer handed over.
 // Small values are hashed on the spot (setBytes).
 type summer struct {
-	mu      sync.Mutex
-	m       map[string]string
-	errs    []error
-	queue   []*sumJob     // jobs not started, or put back (files only)
-	kick    chan struct{} // a job was queued, or the summer was closed
-	closed  bool          // no more jobs
-	quit    chan struct{} // closed by stop
-	stopped bool
-	done    chan struct{} // the goroutine has returned
-	zero    []byte        // sumChunk zero bytes: a hole's data
+	mu     sync.Mutex
+	m      map[string]string
+	errs   []error
+	queue  []*sumJob     // jobs not started, or put back (files only)
+	kick   chan struct{} // a job was queued, or the summer was closed
+	closed bool          // no more jobs
+	quit   chan struct{} // closed by stop
+	done   chan struct{} // the goroutine has returned
 }
 
 func newSummer() *summer {
@@ -49,6 +50,16 @@ func newSummer() *summer {
 		quit: make(chan struct{}), done: make(chan struct{})}
 	go s.run()
 	return s
+}
+
+// stopped reports whether stop was called.
+func (s *summer) stopped() bool {
+	select {
+	case <-s.quit:
+		return true
+	default:
+		return false
+	}
 }
 
 // sumJob is one file being hashed.
@@ -142,7 +153,7 @@ func (s *summer) fileCRC(name, path string) <-chan crcResult {
 }
 
 func (s *summer) fileJob(name, path string, crcOut chan crcResult) {
-	j := &sumJob{name: name, crcOut: crcOut}
+	j := &sumJob{name: name, d: sha256x2.NewDigest(), crcOut: crcOut}
 	if crcOut != nil {
 		j.crc = crc32.NewIEEE()
 	}
@@ -187,7 +198,7 @@ func (j *sumJob) close(s *summer, err error) {
 // wrote, beside the writes. The caller must call finish once it has
 // written everything, or failed.
 func (s *summer) follow(name string, w io.Writer) *followWriter {
-	j := &sumJob{name: name, follow: true, in: make(chan []byte), ack: make(chan struct{})}
+	j := &sumJob{name: name, d: sha256x2.NewDigest(), follow: true, in: make(chan []byte), ack: make(chan struct{})}
 	s.enqueue(j)
 	return &followWriter{w: w, j: j, s: s}
 }
@@ -253,11 +264,11 @@ func (s *summer) wait() error {
 // writers still writing get errStopped.
 func (s *summer) stop() {
 	s.mu.Lock()
-	if s.stopped {
+	if s.stopped() {
 		s.mu.Unlock()
 		return
 	}
-	s.stopped, s.closed = true, true
+	s.closed = true
 	close(s.quit)
 	s.mu.Unlock()
 	<-s.done
@@ -278,11 +289,10 @@ func (s *summer) stop() {
 // false when the summer is done: closed, nothing queued, nothing active.
 func (s *summer) admit(active []*sumJob, block bool) ([]*sumJob, bool) {
 	for {
-		s.mu.Lock()
-		if s.stopped {
-			s.mu.Unlock()
+		if s.stopped() {
 			return active, false
 		}
+		s.mu.Lock()
 		hasFollow := len(active) > 0 && active[0].follow
 		if !hasFollow {
 			for i, j := range s.queue {
@@ -310,11 +320,8 @@ func (s *summer) admit(active []*sumJob, block bool) ([]*sumJob, bool) {
 		closed := s.closed && len(s.queue) == 0
 		s.mu.Unlock()
 		for _, j := range active {
-			if j.d == nil {
-				j.d = sha256x2.NewDigest()
-			}
 			if !j.follow && j.buf == nil {
-				j.buf = make([]byte, sumChunk)
+				j.buf = make([]byte, sumChunk) // only once the file is hashed
 			}
 		}
 		if len(active) > 0 || !block {
@@ -363,7 +370,7 @@ func (s *summer) run() {
 				}
 			}
 		} else {
-			pa, ea = a.chunk(sumChunk, s.zeroes())
+			pa, ea = a.chunk(sumChunk)
 		}
 		var b *sumJob
 		var eb error
@@ -374,7 +381,7 @@ func (s *summer) run() {
 			b = active[1]
 			for len(rest) > 0 && eb == nil {
 				var pb []byte
-				pb, eb = b.chunk(min(len(rest), sumChunk), s.zeroes())
+				pb, eb = b.chunk(min(len(rest), sumChunk))
 				sha256x2.Write2(a.d, b.d, rest[:len(pb)], pb)
 				rest = rest[len(pb):]
 				if b.crc != nil {
@@ -389,46 +396,37 @@ func (s *summer) run() {
 		if a.follow && ea == nil {
 			a.ack <- struct{}{}
 		}
-		next := active[:0:0]
-		for _, x := range []struct {
-			j   *sumJob
-			err error
-		}{{a, ea}, {b, eb}} {
-			switch {
-			case x.j == nil:
-			case x.err == nil:
-				next = append(next, x.j)
-			default:
-				x.j.close(s, x.err)
+		// Jobs that ended leave the lanes.
+		keep := func(j *sumJob, err error) bool {
+			if err != nil {
+				j.close(s, err)
 			}
+			return err == nil
 		}
-		if b == nil && len(active) == 2 {
+		var next []*sumJob
+		if keep(a, ea) {
+			next = append(next, a)
+		}
+		if len(active) == 2 && (b == nil || keep(b, eb)) {
 			next = append(next, active[1])
 		}
 		active = next
 	}
 }
 
-func (s *summer) zeroes() []byte {
-	if s.zero == nil {
-		s.zero = make([]byte, sumChunk)
-	}
-	return s.zero
-}
-
 // chunk returns the next bytes of a complete file, at most max (at most
 // sumChunk; at least one byte unless it returns an error or the file is
 // empty), and io.EOF with the last ones.
-func (j *sumJob) chunk(max int, zero []byte) ([]byte, error) {
+func (j *sumJob) chunk(max int) ([]byte, error) {
 	for len(j.regions) > 0 && j.off >= j.regions[0].Offset+j.regions[0].Size {
 		j.regions = j.regions[1:]
 	}
 	var p []byte
 	switch {
 	case len(j.regions) == 0:
-		p = zero[:min(int64(max), j.size-j.off)]
+		p = zeroChunk[:min(int64(max), j.size-j.off)]
 	case j.off < j.regions[0].Offset:
-		p = zero[:min(int64(max), j.regions[0].Offset-j.off)]
+		p = zeroChunk[:min(int64(max), j.regions[0].Offset-j.off)]
 	default:
 		r := j.regions[0]
 		p = j.buf[:min(int64(max), r.Offset+r.Size-j.off)]

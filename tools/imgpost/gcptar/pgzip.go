@@ -407,9 +407,6 @@ func crc32Combine(crc1, crc2 uint32, len2 int64) uint32 {
 	return gf2MulModP(x8nModP(len2), crc1) ^ crc2
 }
 
-// crcPoly is the CRC-32 (IEEE) polynomial, reflected: bit 31 is x^0.
-const crcPoly = 0xedb88320
-
 // x2nModP[k] is x^(2^k) modulo the polynomial, reflected.
 var x2nModP = func() (t [32]uint32) {
 	p := uint32(1) << 30 // x^1
@@ -420,7 +417,8 @@ var x2nModP = func() (t [32]uint32) {
 	return t
 }()
 
-// gf2MulModP multiplies a and b, reflected polynomials, modulo crcPoly.
+// gf2MulModP multiplies a and b, reflected polynomials (bit 31 is x^0),
+// modulo the CRC-32 polynomial (crc32.IEEE, reflected).
 func gf2MulModP(a, b uint32) uint32 {
 	var p uint32
 	for m := uint32(1) << 31; m != 0 && a != 0; m >>= 1 {
@@ -429,7 +427,7 @@ func gf2MulModP(a, b uint32) uint32 {
 			a ^= m
 		}
 		if b&1 != 0 {
-			b = b>>1 ^ crcPoly
+			b = b>>1 ^ crc32.IEEE
 		} else {
 			b >>= 1
 		}

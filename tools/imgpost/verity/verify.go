@@ -205,7 +205,6 @@ func Verify(r io.ReaderAt, hashOffset int64, rootHash []byte) (*Info, error) {
 		if scr[w] == nil {
 			scr[w] = &scratch{l0: make([]byte, ChunkSize/HashesPerBlock), data: make([]byte, ChunkSize), sums: make([]byte, ChunkSize/HashesPerBlock)}
 		}
-
 		var ws [DigestSize]byte
 		first := uint64(k) * chunkBlocks
 		nb := min(chunkBlocks, info.DataBlocks-first)
