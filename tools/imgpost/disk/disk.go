@@ -90,6 +90,12 @@ type Options struct {
 	// Progress, if set, is called as the rootfs is copied with the bytes done
 	// and the total.
 	Progress func(done, total int64)
+	// KeepAllocated makes Build keep the space dst has allocated instead of
+	// emptying it first: for space reserved (fallocate) exactly over the
+	// rootfs partition's data, which Build then writes over entirely.
+	// Reserved space left unwritten reads as zeros and seeks as a hole, but
+	// takes room on the file system.
+	KeepAllocated bool
 }
 
 // Extent is a byte range of the disk.
@@ -247,7 +253,8 @@ func BuildFile(out, ukiPath, rootfsPath string, opts Options) (Layout, error) {
 }
 
 // Build writes the disk image into dst, which is truncated first (it must
-// be a regular file: the image is made sparse by truncation). uki and rootfs
+// be a regular file: the image is made sparse by truncation) unless
+// opts.KeepAllocated. uki and rootfs
 // are read from their start to their end (Stat gives their sizes).
 func Build(dst, uki, rootfs *os.File, opts Options) (Layout, error) {
 	ust, err := uki.Stat()
@@ -275,8 +282,10 @@ func Build(dst, uki, rootfs *os.File, opts Options) (Layout, error) {
 	if err != nil {
 		return Layout{}, fmt.Errorf("%s, %s: %w", uki.Name(), rootfs.Name(), err)
 	}
-	if err := dst.Truncate(0); err != nil {
-		return Layout{}, fmt.Errorf("truncate: %w", err)
+	if !o.KeepAllocated {
+		if err := dst.Truncate(0); err != nil {
+			return Layout{}, fmt.Errorf("truncate: %w", err)
+		}
 	}
 	if err := dst.Truncate(l.Size); err != nil {
 		return Layout{}, fmt.Errorf("size to %d bytes: %w", l.Size, err)

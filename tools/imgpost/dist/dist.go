@@ -213,6 +213,13 @@ func Run(o Options) (res *Result, err error) {
 		return nil, err
 	}
 	in := func(n string) string { return filepath.Join(sdir, n) }
+	// The big outputs exist from the start, their space being reserved in
+	// the background while the first stages run (see output).
+	outs, err := newOutputs(o, stage, sdir, name)
+	if err != nil {
+		return nil, fmt.Errorf("--out-dir %s: %w", o.OutDir, err)
+	}
+	defer outs.abort()
 	sums := newSummer()
 	defer sums.stop()
 
@@ -327,7 +334,7 @@ func Run(o Options) (res *Result, err error) {
 	var reuse *Reuse // the rootfs as the GCP archive compressed it
 	if !o.NoGCP {
 		t = lg.start("disk")
-		l, err := disk.BuildFile(filepath.Join(sdir, GCPDir, DiskName), in(UKIName), in(RootfsName),
+		l, err := buildDisk(outs, in(UKIName), in(RootfsName),
 			disk.Options{ESPSize: o.ESPSize, Progress: lg.progress("disk")})
 		if err != nil {
 			return nil, fmt.Errorf("stage disk: %w", err)
@@ -337,7 +344,7 @@ func Run(o Options) (res *Result, err error) {
 
 		t = lg.start("gcp")
 		gname := name + "-gcp.tar.gz"
-		r, err := writeSummed(sums, gname, filepath.Join(stage, gname), func(w io.Writer) (int64, error) {
+		r, err := writeSummed(sums, gname, outs.gcp, func(w io.Writer) (int64, error) {
 			df, err := os.Open(filepath.Join(sdir, GCPDir, DiskName))
 			if err != nil {
 				return 0, err
@@ -368,7 +375,7 @@ func Run(o Options) (res *Result, err error) {
 		}
 		tname := name + ".tar.gz"
 		files := append(sumFiles(o.OVMF != ""), RootfsName, UKIName, AuthHashName, SumName, DigestName)
-		n, err := writeSummed(sums, tname, filepath.Join(stage, tname), func(w io.Writer) (int64, error) {
+		n, err := writeSummed(sums, tname, outs.tar, func(w io.Writer) (int64, error) {
 			return WriteTarball(w, sdir, name, files, mtime, reuse)
 		})
 		if err != nil {
@@ -481,19 +488,48 @@ func copyHashed(src, dst string) (int64, string, error) {
 	return n, hex.EncodeToString(h.Sum(nil)), nil
 }
 
-// writeSummed writes path through fill (atomically) and has s hash it
-// under name while it is written. It returns what fill returned.
-func writeSummed(s *summer, name, path string, fill func(io.Writer) (int64, error)) (int64, error) {
-	out, err := atomicfile.Create(path, 0o644)
-	if err != nil {
-		return 0, err
-	}
-	defer out.Abort()
-	fw := s.follow(name, out.File)
+// writeSummed writes out through fill and has s hash it under name while
+// it is written, then commits it. It returns what fill returned.
+func writeSummed(s *summer, name string, out *output, fill func(io.Writer) (int64, error)) (int64, error) {
+	fw := s.follow(name, out.file())
 	n, err := fill(fw)
 	if err == nil {
-		err = out.Commit()
+		err = out.commit()
 	}
 	fw.finish(err)
 	return n, err
+}
+
+// buildDisk writes disk.raw into its output from the UKI and the rootfs
+// image. The range reserved for the rootfs partition is kept when the
+// layout puts it there (it is then written over entirely); otherwise the
+// file is emptied first, so that no reserved space is left unwritten.
+func buildDisk(outs *outputs, ukiPath, rootfsPath string, opts disk.Options) (disk.Layout, error) {
+	uki, err := os.Open(ukiPath)
+	if err != nil {
+		return disk.Layout{}, fmt.Errorf("UKI: %w", err)
+	}
+	defer uki.Close()
+	rootfs, err := os.Open(rootfsPath)
+	if err != nil {
+		return disk.Layout{}, fmt.Errorf("rootfs: %w", err)
+	}
+	defer rootfs.Close()
+	ust, err := uki.Stat()
+	if err != nil {
+		return disk.Layout{}, err
+	}
+	rst, err := rootfs.Stat()
+	if err != nil {
+		return disk.Layout{}, err
+	}
+	if l, err := disk.Plan(rst.Size(), ust.Size(), opts); err == nil {
+		opts.KeepAllocated = span{l.Rootfs.Offset, l.RootfsData} == outs.diskSpan
+	}
+	f := outs.disk.file()
+	l, err := disk.Build(f.File, uki, rootfs, opts)
+	if err != nil {
+		return disk.Layout{}, err
+	}
+	return l, outs.disk.commit()
 }

@@ -558,3 +558,11 @@ func samePath(dataPath, outPath string, in os.FileInfo) (bool, error) {
 	}
 	return false, nil
 }
+
+// OutputSize is the size of Format's output for size bytes of data: the
+// data padded to a whole block, the superblock and the hash tree.
+func OutputSize(size int64) int64 {
+	i := &Info{DataBlocks: uint64((size + BlockSize - 1) / BlockSize)}
+	i.HashBlocks = newGeometry(i.DataBlocks).total
+	return i.Size()
+}

@@ -364,6 +364,32 @@ func TestHashOffsetForSize(t *testing.T) {
 	}
 }
 
+// TestOutputSize: OutputSize is the size of what Format writes, for data
+// sizes around the block and tree-level boundaries.
+func TestOutputSize(t *testing.T) {
+	for _, size := range []int64{1, 4095, 4096, 4097, 127 * 4096, 128 * 4096, 128*4096 + 1, 16384 * 4096, 16385*4096 - 7} {
+		info, err := Format(discardAt{}, zeroAt{}, size, DefaultParams())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := OutputSize(size); got != info.Size() {
+			t.Errorf("OutputSize(%d) = %d, Format wrote %d", size, got, info.Size())
+		}
+	}
+}
+
+// zeroAt reads zeros; discardAt drops what is written.
+type zeroAt struct{}
+
+func (zeroAt) ReadAt(p []byte, off int64) (int, error) {
+	clear(p)
+	return len(p), nil
+}
+
+type discardAt struct{}
+
+func (discardAt) WriteAt(p []byte, off int64) (int, error) { return len(p), nil }
+
 // TestVerifyRejects covers what is not a bit flip: a wrong root hash, a
 // truncated file, a missing superblock.
 func TestVerifyRejects(t *testing.T) {
