@@ -32,7 +32,9 @@ var errStopped = errors.New("checksums stopped")
 // chunks, and archives while they are being written (follow), whose bytes
 // the writer hands over with each write (not read back from the file). At
 // most one archive is hashed at a time, paired with a complete file when
-// there is one: the file lane takes as many bytes as the writer handed over.
+// there is one: the file lane takes as many bytes as the writer handed over
+// and, while the writer has nothing waiting, goes on alone a small step at
+// a time (so no file is left to hash when the writers are done).
 // Small values are hashed on the spot (setBytes).
 type summer struct {
 	mu     sync.Mutex
@@ -360,8 +362,29 @@ func (s *summer) run() {
 			var more bool
 			select {
 			case pa, more = <-a.in:
-			case <-s.quit:
-				return
+			default:
+				if len(active) == 2 {
+					// No write waiting: a step of the file lane alone
+					// meanwhile, small so that a write waits little.
+					b := active[1]
+					pb, eb := b.chunk(sumChunk / 4)
+					b.d.Write(pb)
+					if b.crc != nil {
+						b.crc.Write(pb)
+					}
+					if eb != nil {
+						b.close(s, eb)
+						active = active[:1]
+					}
+					continue
+				}
+				select {
+				case pa, more = <-a.in:
+				case <-s.kick:
+					continue // a file was queued: into the lane beside a
+				case <-s.quit:
+					return
+				}
 			}
 			if !more {
 				ea = io.EOF

@@ -168,3 +168,50 @@ func TestSummerErrors(t *testing.T) {
 		t.Fatalf("Write after stop: %v", err)
 	}
 }
+
+// TestSummerGaps: while a writer is idle, the file beside it is hashed on
+// its own, to the end (nothing is left for when the writer finishes), and
+// both sums are right.
+func TestSummerGaps(t *testing.T) {
+	testutil.Need(t, "sha256sum")
+	dir := t.TempDir()
+	w, err := os.Create(filepath.Join(dir, "written"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := filepath.Join(dir, "file")
+	b := make([]byte, 3*sumChunk+777)
+	r := rand.New(rand.NewPCG(1, 2))
+	for i := range b {
+		b[i] = byte(r.Uint32())
+	}
+	if err := os.WriteFile(f, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s := newSummer()
+	defer s.stop()
+	fw := s.follow("written", w)
+	if _, err := fw.Write([]byte("first")); err != nil {
+		t.Fatal(err)
+	}
+	s.file("file", f)
+	deadline := time.Now().Add(10 * time.Second)
+	for s.get("file") == "" {
+		if time.Now().After(deadline) {
+			t.Fatal("the file was not hashed while the writer was idle")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if _, err := fw.Write([]byte("second")); err != nil {
+		t.Fatal(err)
+	}
+	fw.finish(w.Close())
+	if err := s.wait(); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []string{"written", "file"} {
+		if got, want := s.get(n), sha256sumOf(t, filepath.Join(dir, n)); got != want {
+			t.Errorf("%s: summer %q, sha256sum %q", n, got, want)
+		}
+	}
+}
