@@ -2,10 +2,9 @@ package dist
 
 import (
 	"io"
+	"os"
 	"path/filepath"
 	"sync/atomic"
-
-	"os"
 
 	"golang.org/x/sys/unix"
 
