@@ -2,6 +2,7 @@ package dist
 
 import (
 	"errors"
+	"fmt"
 	"hash/crc32"
 	"math/rand/v2"
 	"os"
@@ -169,49 +170,56 @@ func TestSummerErrors(t *testing.T) {
 	}
 }
 
-// TestSummerGaps: while a writer is idle, the file beside it is hashed on
-// its own, to the end (nothing is left for when the writer finishes), and
-// both sums are right.
+// TestSummerGaps: while a writer is idle, the files queued beside it are
+// hashed to the end, one after the other (one, two or three files, of
+// sizes that end mid-chunk), and every sum is right.
 func TestSummerGaps(t *testing.T) {
 	testutil.Need(t, "sha256sum")
-	dir := t.TempDir()
-	w, err := os.Create(filepath.Join(dir, "written"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	f := filepath.Join(dir, "file")
-	b := make([]byte, 3*sumChunk+777)
-	r := rand.New(rand.NewPCG(1, 2))
-	for i := range b {
-		b[i] = byte(r.Uint32())
-	}
-	if err := os.WriteFile(f, b, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	s := newSummer()
-	defer s.stop()
-	fw := s.follow("written", w)
-	if _, err := fw.Write([]byte("first")); err != nil {
-		t.Fatal(err)
-	}
-	s.file("file", f)
-	deadline := time.Now().Add(10 * time.Second)
-	for s.get("file") == "" {
-		if time.Now().After(deadline) {
-			t.Fatal("the file was not hashed while the writer was idle")
+	for _, sizes := range [][]int{{3*sumChunk + 777}, {3*sumChunk + 777, sumChunk + 5}, {100, 2*sumChunk + 3, 4096}} {
+		dir := t.TempDir()
+		w, err := os.Create(filepath.Join(dir, "written"))
+		if err != nil {
+			t.Fatal(err)
 		}
-		time.Sleep(time.Millisecond)
-	}
-	if _, err := fw.Write([]byte("second")); err != nil {
-		t.Fatal(err)
-	}
-	fw.finish(w.Close())
-	if err := s.wait(); err != nil {
-		t.Fatal(err)
-	}
-	for _, n := range []string{"written", "file"} {
-		if got, want := s.get(n), sha256sumOf(t, filepath.Join(dir, n)); got != want {
-			t.Errorf("%s: summer %q, sha256sum %q", n, got, want)
+		r := rand.New(rand.NewPCG(1, uint64(len(sizes))))
+		s := newSummer()
+		fw := s.follow("written", w)
+		if _, err := fw.Write([]byte("first")); err != nil {
+			t.Fatal(err)
+		}
+		names := []string{"written"}
+		for i, n := range sizes {
+			b := make([]byte, n)
+			for k := range b {
+				b[k] = byte(r.Uint32())
+			}
+			name := fmt.Sprint("file", i)
+			if err := os.WriteFile(filepath.Join(dir, name), b, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			s.file(name, filepath.Join(dir, name))
+			names = append(names, name)
+		}
+		deadline := time.Now().Add(10 * time.Second)
+		for _, n := range names[1:] {
+			for s.get(n) == "" {
+				if time.Now().After(deadline) {
+					t.Fatalf("%v: %s was not hashed while the writer was idle", sizes, n)
+				}
+				time.Sleep(time.Millisecond)
+			}
+		}
+		if _, err := fw.Write([]byte("second")); err != nil {
+			t.Fatal(err)
+		}
+		fw.finish(w.Close())
+		if err := s.wait(); err != nil {
+			t.Fatal(err)
+		}
+		for _, n := range names {
+			if got, want := s.get(n), sha256sumOf(t, filepath.Join(dir, n)); got != want {
+				t.Errorf("%v: %s: summer %q, sha256sum %q", sizes, n, got, want)
+			}
 		}
 	}
 }
