@@ -200,7 +200,9 @@ func (j *sumJob) close(s *summer, err error) {
 // wrote, beside the writes. The caller must call finish once it has
 // written everything, or failed.
 func (s *summer) follow(name string, w io.Writer) *followWriter {
-	j := &sumJob{name: name, d: sha256x2.NewDigest(), follow: true, in: make(chan []byte), ack: make(chan struct{})}
+	// ack is buffered: the summer never waits for a writer to take it (a
+	// writer that saw stop first never will).
+	j := &sumJob{name: name, d: sha256x2.NewDigest(), follow: true, in: make(chan []byte), ack: make(chan struct{}, 1)}
 	s.enqueue(j)
 	return &followWriter{w: w, j: j, s: s}
 }
@@ -231,6 +233,7 @@ func (fw *followWriter) Write(p []byte) (int, error) {
 	select {
 	case <-fw.j.ack:
 	case <-fw.s.quit:
+		<-fw.s.done // the summer no longer reads p
 		if err == nil {
 			err = errStopped
 		}
