@@ -90,12 +90,12 @@ type Options struct {
 	// Progress, if set, is called as the rootfs is copied with the bytes done
 	// and the total.
 	Progress func(done, total int64)
-	// KeepAllocated makes Build keep the space dst has allocated instead of
-	// emptying it first: for space reserved (fallocate) exactly over the
-	// rootfs partition's data, which Build then writes over entirely.
-	// Reserved space left unwritten reads as zeros and seeks as a hole, but
-	// takes room on the file system.
-	KeepAllocated bool
+	// Reserved is space the caller reserved in dst (fallocate) for the
+	// rootfs partition's data. Build keeps it when it is exactly that range,
+	// which it then writes over entirely; otherwise it empties dst first as
+	// usual (reserved space left unwritten reads as zeros and seeks as a
+	// hole, but takes room on the file system).
+	Reserved Extent
 }
 
 // Extent is a byte range of the disk.
@@ -227,6 +227,23 @@ func roundUp(n, a int64) int64 { return (n + a - 1) / a * a }
 // BuildFile writes the disk image to out (atomically: a temporary file renamed
 // when complete) from the UKI and rootfs.img.verity files.
 func BuildFile(out, ukiPath, rootfsPath string, opts Options) (Layout, error) {
+	f, err := atomicfile.Create(out, 0o644)
+	if err != nil {
+		return Layout{}, err
+	}
+	defer f.Abort()
+	l, err := BuildInto(f.File, ukiPath, rootfsPath, opts)
+	if err != nil {
+		return Layout{}, fmt.Errorf("%s: %w", out, err)
+	}
+	if err := f.Commit(); err != nil {
+		return Layout{}, err
+	}
+	return l, nil
+}
+
+// BuildInto is Build from the UKI and rootfs.img.verity files.
+func BuildInto(dst *os.File, ukiPath, rootfsPath string, opts Options) (Layout, error) {
 	uki, err := os.Open(ukiPath)
 	if err != nil {
 		return Layout{}, fmt.Errorf("UKI: %w", err)
@@ -237,25 +254,13 @@ func BuildFile(out, ukiPath, rootfsPath string, opts Options) (Layout, error) {
 		return Layout{}, fmt.Errorf("rootfs: %w", err)
 	}
 	defer rootfs.Close()
-	f, err := atomicfile.Create(out, 0o644)
-	if err != nil {
-		return Layout{}, err
-	}
-	defer f.Abort()
-	l, err := Build(f.File, uki, rootfs, opts)
-	if err != nil {
-		return Layout{}, fmt.Errorf("%s: %w", out, err)
-	}
-	if err := f.Commit(); err != nil {
-		return Layout{}, err
-	}
-	return l, nil
+	return Build(dst, uki, rootfs, opts)
 }
 
 // Build writes the disk image into dst, which is truncated first (it must
-// be a regular file: the image is made sparse by truncation) unless
-// opts.KeepAllocated. uki and rootfs
-// are read from their start to their end (Stat gives their sizes).
+// be a regular file: the image is made sparse by truncation) unless it
+// holds just opts.Reserved. uki and rootfs are read from their start to
+// their end (Stat gives their sizes).
 func Build(dst, uki, rootfs *os.File, opts Options) (Layout, error) {
 	ust, err := uki.Stat()
 	if err != nil {
@@ -282,7 +287,7 @@ func Build(dst, uki, rootfs *os.File, opts Options) (Layout, error) {
 	if err != nil {
 		return Layout{}, fmt.Errorf("%s, %s: %w", uki.Name(), rootfs.Name(), err)
 	}
-	if !o.KeepAllocated {
+	if o.Reserved != (Extent{Offset: l.Rootfs.Offset, Size: l.RootfsData}) {
 		if err := dst.Truncate(0); err != nil {
 			return Layout{}, fmt.Errorf("truncate: %w", err)
 		}

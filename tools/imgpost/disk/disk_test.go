@@ -454,3 +454,50 @@ func TestProgress(t *testing.T) {
 	}
 	sameReader(t, "rootfs partition", io.NewSectionReader(sec, 0, size), rootfs)
 }
+
+// TestBuildReserved: space reserved (fallocate) exactly over the rootfs
+// partition's data is kept and written over; a reservation anywhere else is
+// dropped. Either way the image has the bytes and the space of one built
+// into an empty file.
+func TestBuildReserved(t *testing.T) {
+	dir := t.TempDir()
+	uki := fakeUKI(t, dir, 0)
+	rootfs := filepath.Join(dir, "rootfs")
+	testutil.WriteRandom(t, rootfs, 5*MiB+4096, 6)
+	plain := filepath.Join(dir, "plain.raw")
+	l, err := BuildFile(plain, uki, rootfs, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, _ := os.ReadFile(plain)
+	space := func(p string) int64 {
+		var st syscall.Stat_t
+		if err := syscall.Stat(p, &st); err != nil {
+			t.Fatal(err)
+		}
+		return st.Blocks * 512
+	}
+	exact := Extent{Offset: l.Rootfs.Offset, Size: l.RootfsData}
+	for _, r := range []Extent{exact, {Offset: exact.Offset + 8*MiB, Size: exact.Size}} {
+		p := filepath.Join(dir, "reserved.raw")
+		f, err := os.Create(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := syscall.Fallocate(int(f.Fd()), 0, r.Offset, r.Size); err != nil {
+			f.Close()
+			t.Skipf("fallocate: %v", err)
+		}
+		_, err = BuildInto(f, uki, rootfs, Options{Reserved: r})
+		f.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, _ := os.ReadFile(p); !bytes.Equal(got, want) {
+			t.Errorf("reserved %+v: the image differs from one built into an empty file", r)
+		}
+		if a, b := space(p), space(plain); a > b+MiB {
+			t.Errorf("reserved %+v: the image takes %d bytes, %d built into an empty file", r, a, b)
+		}
+	}
+}

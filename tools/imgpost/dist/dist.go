@@ -501,33 +501,11 @@ func writeSummed(s *summer, name string, out *output, fill func(io.Writer) (int6
 }
 
 // buildDisk writes disk.raw into its output from the UKI and the rootfs
-// image. The range reserved for the rootfs partition is kept when the
-// layout puts it there (it is then written over entirely); otherwise the
-// file is emptied first, so that no reserved space is left unwritten.
+// image, keeping the space reserved for the rootfs partition (see
+// disk.Options.Reserved).
 func buildDisk(outs *outputs, ukiPath, rootfsPath string, opts disk.Options) (disk.Layout, error) {
-	uki, err := os.Open(ukiPath)
-	if err != nil {
-		return disk.Layout{}, fmt.Errorf("UKI: %w", err)
-	}
-	defer uki.Close()
-	rootfs, err := os.Open(rootfsPath)
-	if err != nil {
-		return disk.Layout{}, fmt.Errorf("rootfs: %w", err)
-	}
-	defer rootfs.Close()
-	ust, err := uki.Stat()
-	if err != nil {
-		return disk.Layout{}, err
-	}
-	rst, err := rootfs.Stat()
-	if err != nil {
-		return disk.Layout{}, err
-	}
-	if l, err := disk.Plan(rst.Size(), ust.Size(), opts); err == nil {
-		opts.KeepAllocated = span{l.Rootfs.Offset, l.RootfsData} == outs.diskSpan
-	}
-	f := outs.disk.file()
-	l, err := disk.Build(f.File, uki, rootfs, opts)
+	opts.Reserved = outs.diskReserved
+	l, err := disk.BuildInto(outs.disk.file().File, ukiPath, rootfsPath, opts)
 	if err != nil {
 		return disk.Layout{}, err
 	}

@@ -117,9 +117,9 @@ func roomFor(dir string, need int64) bool {
 // outputs are dist's big outputs; nil when not made.
 type outputs struct {
 	disk, gcp, tar *output
-	// diskSpan is disk.raw's reserved range: the rootfs partition's data as
-	// planned from the rootfs size.
-	diskSpan span
+	// diskReserved is disk.raw's reserved range: the rootfs partition's
+	// data as planned from the rootfs size.
+	diskReserved disk.Extent
 }
 
 // newOutputs creates the big outputs dist will write, and starts reserving
@@ -142,10 +142,11 @@ func newOutputs(o Options, stage, sdir, name string) (*outputs, error) {
 	var diskSpans, gcpSpans, tarSpans []span
 	var diskSize int64
 	if !o.NoGCP {
+		// The layout does not depend on the UKI's size (1 here).
 		if l, err := disk.Plan(image, 1, disk.Options{ESPSize: o.ESPSize}); err == nil {
 			diskSize = l.Size
-			outs.diskSpan = span{l.Rootfs.Offset, image}
-			diskSpans = []span{outs.diskSpan}
+			outs.diskReserved = disk.Extent{Offset: l.Rootfs.Offset, Size: image}
+			diskSpans = []span{{l.Rootfs.Offset, image}}
 			gcpSpans = []span{{0, image + boot}} // incompressible data, at worst
 		}
 	}
@@ -159,6 +160,7 @@ func newOutputs(o Options, stage, sdir, name string) (*outputs, error) {
 	}
 	if !reserveSpace || !roomFor(stage, need) {
 		diskSpans, gcpSpans, tarSpans = nil, nil, nil
+		outs.diskReserved = disk.Extent{}
 	}
 	var prev *output
 	var err error
