@@ -268,7 +268,7 @@ func Verify(r io.ReaderAt, hashOffset int64, rootHash []byte) (*Info, error) {
 // data, the superblock and the tree Format writes: the data size D such that
 // D + superblock + tree(D) equals size.
 func HashOffsetForSize(size int64) (int64, error) {
-	total := func(n uint64) int64 { return int64(n)*BlockSize + BlockSize + int64(newGeometry(n).total)*BlockSize }
+	total := func(n uint64) int64 { return OutputSize(int64(n) * BlockSize) }
 	if size%BlockSize != 0 || size < 2*BlockSize {
 		return 0, fmt.Errorf("size %d is not data + verity hash area (not a multiple of %d, or too small)", size, BlockSize)
 	}
