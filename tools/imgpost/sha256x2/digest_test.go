@@ -32,10 +32,7 @@ func splits(r *rand.Rand, m []byte) [][]byte {
 
 func TestDigestWrite(t *testing.T) {
 	r := rand.New(rand.NewPCG(5, 6))
-	lens := append([]int(nil), msgLens...)
-	for range 20 {
-		lens = append(lens, r.IntN(70000))
-	}
+	lens := testLens(r, 20, 70000)
 	for _, p := range paths() {
 		t.Run(p.name, func(t *testing.T) {
 			use(t, p)

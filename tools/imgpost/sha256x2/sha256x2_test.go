@@ -51,12 +51,18 @@ var (
 	msgLens    = []int{0, 1, 55, 56, 63, 64, 65, 119, 120, 128, 4095, 4096, 4097, 8192}
 )
 
+// testLens is msgLens and n random lengths below max.
+func testLens(r *rand.Rand, n, max int) []int {
+	lens := append([]int(nil), msgLens...)
+	for range n {
+		lens = append(lens, r.IntN(max))
+	}
+	return lens
+}
+
 func TestSum2(t *testing.T) {
 	r := rand.New(rand.NewPCG(1, 2))
-	lens := append([]int(nil), msgLens...)
-	for range 8 {
-		lens = append(lens, r.IntN(10000))
-	}
+	lens := testLens(r, 8, 10000)
 	for _, p := range paths() {
 		t.Run(p.name, func(t *testing.T) {
 			use(t, p)
