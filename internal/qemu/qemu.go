@@ -89,8 +89,10 @@ type Config struct {
 	MemoryMiB int
 	// CPUs is the number of virtual CPUs; default 1.
 	CPUs int
-	// Accel is QEMU's -accel value; default "tcg" (KVM guests die on the
-	// development host, see DESIGN.md).
+	// Accel is QEMU's -accel value; default "tcg": on some hosts /dev/kvm
+	// exists but guests die with "KVM internal error ... emulation failure",
+	// so KVM is used only when asked for (or proven by a probe boot, as
+	// internal/demo does).
 	Accel string
 
 	// Firmware is an OVMF code image for the first pflash unit and Vars the
