@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"github.com/Dstack-TEE/meta-dstack/internal/reporoot"
 	"os"
 
 	"github.com/Dstack-TEE/meta-dstack/internal/build"
@@ -13,7 +14,7 @@ import (
 // buildEnv is the build's configuration: the repository root, the real host,
 // the process environment and output.
 func buildEnv() (*build.Env, error) {
-	root, err := build.RepoRoot(".")
+	root, err := reporoot.Find(".")
 	if err != nil {
 		return nil, err
 	}

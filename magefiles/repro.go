@@ -6,7 +6,7 @@ import (
 	"os"
 	"path/filepath"
 
-	"github.com/Dstack-TEE/meta-dstack/internal/build"
+	"github.com/Dstack-TEE/meta-dstack/internal/reporoot"
 	"github.com/magefile/mage/sh"
 )
 
@@ -15,7 +15,7 @@ import (
 // they agree, writes the third-party reproduce instructions.
 // DSTACK_REPRO_ONCE=1 builds once (the script's -n).
 func Repro() error {
-	root, err := build.RepoRoot(".")
+	root, err := reporoot.Find(".")
 	if err != nil {
 		return err
 	}

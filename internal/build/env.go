@@ -219,21 +219,3 @@ func Build(ctx context.Context, e *Env) error {
 	x := &Executor{Stdout: e.Stdout, Stderr: e.Stderr, Dry: s.Dry, Environ: e.Environ}
 	return x.Run(ctx, p)
 }
-
-// RepoRoot finds the repository root (the directory holding go.mod) from dir upwards.
-func RepoRoot(dir string) (string, error) {
-	d, err := filepath.Abs(dir)
-	if err != nil {
-		return "", err
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(d, "go.mod")); err == nil {
-			return d, nil
-		}
-		p := filepath.Dir(d)
-		if p == d {
-			return "", fmt.Errorf("repository root (go.mod) not found above %s", dir)
-		}
-		d = p
-	}
-}

@@ -57,19 +57,17 @@ func BareMetalConfig(distDir, dataImg string) (qemu.Config, error) {
 // (/dev/nvme0n2).
 func GCPConfig(diskRaw, dataImg string) qemu.Config {
 	args := []string{
-		"-drive", "file=" + qemuEscape(diskRaw) + ",format=raw,if=none,readonly=on,id=gcpboot",
+		"-drive", "file=" + qemu.Escape(diskRaw) + ",format=raw,if=none,readonly=on,id=gcpboot",
 		"-device", "nvme,id=gcpnvme,serial=dstack-gcp",
 		"-device", "nvme-ns,drive=gcpboot,bus=gcpnvme,nsid=1",
 	}
 	if dataImg != "" {
 		args = append(args,
-			"-drive", "file="+qemuEscape(dataImg)+",format=raw,if=none,id=gcpdata",
+			"-drive", "file="+qemu.Escape(dataImg)+",format=raw,if=none,id=gcpdata",
 			"-device", "nvme-ns,drive=gcpdata,bus=gcpnvme,nsid=2")
 	}
 	return qemu.Config{ExtraArgs: args}
 }
-
-func qemuEscape(s string) string { return strings.ReplaceAll(s, ",", ",,") }
 
 // BlankDisk creates (or truncates to zero and regrows) a sparse all-zero
 // disk image of size bytes.

@@ -159,8 +159,8 @@ func (cfg Config) Args(varsCopy string) ([]string, error) {
 		args = append(args, "-bios", cfg.BIOS)
 	} else {
 		args = append(args,
-			"-drive", "if=pflash,format=raw,unit=0,readonly=on,file="+escape(cfg.Firmware),
-			"-drive", "if=pflash,format=raw,unit=1,file="+escape(varsCopy))
+			"-drive", "if=pflash,format=raw,unit=0,readonly=on,file="+Escape(cfg.Firmware),
+			"-drive", "if=pflash,format=raw,unit=1,file="+Escape(varsCopy))
 	}
 	if cfg.Kernel != "" {
 		args = append(args, "-kernel", cfg.Kernel)
@@ -182,7 +182,7 @@ func (cfg Config) Args(varsCopy string) ([]string, error) {
 		if format == "" {
 			format = "raw"
 		}
-		spec := "file=" + escape(d.Path) + ",format=" + format
+		spec := "file=" + Escape(d.Path) + ",format=" + format
 		if d.ReadOnly {
 			spec += ",readonly=on"
 		}
@@ -201,7 +201,7 @@ func (cfg Config) Args(varsCopy string) ([]string, error) {
 			id := fmt.Sprintf("disk%d", named)
 			named++
 			args = append(args, "-drive", spec+",if=none,id="+id,
-				"-device", dev+",drive="+id+",serial="+escape(d.Serial))
+				"-device", dev+",drive="+id+",serial="+Escape(d.Serial))
 		case NVMe:
 			id := fmt.Sprintf("nvme%d", nvme)
 			serial := d.Serial
@@ -210,7 +210,7 @@ func (cfg Config) Args(varsCopy string) ([]string, error) {
 			}
 			nvme++
 			args = append(args, "-drive", spec+",if=none,id="+id,
-				"-device", "nvme,drive="+id+",serial="+escape(serial))
+				"-device", "nvme,drive="+id+",serial="+Escape(serial))
 		default:
 			return nil, fmt.Errorf("qemu: drive %s: unknown interface %q", d.Path, d.Interface)
 		}
@@ -218,8 +218,9 @@ func (cfg Config) Args(varsCopy string) ([]string, error) {
 	return append(args, cfg.ExtraArgs...), nil
 }
 
-// escape doubles commas, QEMU's option-value escape.
-func escape(s string) string {
+// Escape doubles commas, QEMU's option-value escape (a file name in
+// -drive file=NAME,... must not end the value early).
+func Escape(s string) string {
 	var b bytes.Buffer
 	for _, r := range s {
 		if r == ',' {

@@ -352,7 +352,7 @@ func WriteReproduce(r *Report, repoURL, commit, path, sumsPath string) error {
 		return errors.New("reproduce instructions need the commit that was built")
 	}
 	if path != "" {
-		if err := writeAtomic(path, ReproduceCommand(repoURL, commit, r.Identical)); err != nil {
+		if err := writeText(path, ReproduceCommand(repoURL, commit, r.Identical)); err != nil {
 			return err
 		}
 	}
@@ -361,21 +361,12 @@ func WriteReproduce(r *Report, repoURL, commit, path, sumsPath string) error {
 		for _, f := range r.Identical {
 			fmt.Fprintf(&b, "%s  %s\n", f.SHA256, f.Path)
 		}
-		if err := writeAtomic(sumsPath, b.String()); err != nil {
+		if err := writeText(sumsPath, b.String()); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-func writeAtomic(path, text string) error {
-	f, err := atomicfile.Create(path, 0o644)
-	if err != nil {
-		return err
-	}
-	defer f.Abort()
-	if _, err := io.WriteString(f, text); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	return f.Commit()
-}
+// writeText writes text to path atomically.
+func writeText(path, text string) error { return atomicfile.WriteFile(path, []byte(text), 0o644) }

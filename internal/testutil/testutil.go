@@ -6,6 +6,7 @@ package testutil
 import (
 	"bytes"
 	"fmt"
+	"github.com/Dstack-TEE/meta-dstack/internal/reporoot"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -18,21 +19,11 @@ import (
 // RepoRoot returns the directory holding the module's go.mod.
 func RepoRoot(t testing.TB) string {
 	t.Helper()
-	dir, err := os.Getwd()
+	root, err := reporoot.Find(".")
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("testutil: %v", err)
 	}
-	for {
-		if b, err := os.ReadFile(filepath.Join(dir, "go.mod")); err == nil &&
-			strings.Contains(string(b), "module github.com/Dstack-TEE/meta-dstack\n") {
-			return dir
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Fatal("testutil: repository root (go.mod) not found")
-		}
-		dir = parent
-	}
+	return root
 }
 
 // InCI reports whether the tests run under CI (CI=true), where every tool the
