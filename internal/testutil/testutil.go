@@ -6,7 +6,6 @@ package testutil
 import (
 	"bytes"
 	"fmt"
-	"github.com/Dstack-TEE/meta-dstack/internal/reporoot"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -14,6 +13,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/Dstack-TEE/meta-dstack/internal/reporoot"
 )
 
 // RepoRoot returns the directory holding the module's go.mod.
