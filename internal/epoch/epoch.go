@@ -1,0 +1,56 @@
+// Package epoch reads SOURCE_DATE_EPOCH, the reproducible-builds variable
+// that fixes every timestamp a build writes. One rule for every reader in
+// this module: unset or empty means "not given"; otherwise it must be a
+// decimal count of seconds since 1970-01-01 UTC, 0 or more, digits only
+// (no sign, blank or fraction).
+package epoch
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"time"
+)
+
+// Var is the environment variable's name.
+const Var = "SOURCE_DATE_EPOCH"
+
+// ErrMalformed is wrapped by every error for a value that breaks the rule.
+var ErrMalformed = errors.New("not a non-negative decimal number of seconds")
+
+// Parse checks s against the rule and returns its seconds.
+func Parse(s string) (int64, error) {
+	ok := s != ""
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			ok = false
+			break
+		}
+	}
+	var n int64
+	if ok {
+		var err error
+		if n, err = strconv.ParseInt(s, 10, 64); err != nil {
+			ok = false
+		}
+	}
+	if !ok {
+		return 0, fmt.Errorf("%s=%q: %w", Var, s, ErrMalformed)
+	}
+	return n, nil
+}
+
+// FromEnv returns SOURCE_DATE_EPOCH from the environment as a UTC time; set
+// is false (and err nil) when it is unset or empty.
+func FromEnv() (t time.Time, set bool, err error) {
+	s := os.Getenv(Var)
+	if s == "" {
+		return time.Time{}, false, nil
+	}
+	n, err := Parse(s)
+	if err != nil {
+		return time.Time{}, false, err
+	}
+	return time.Unix(n, 0).UTC(), true, nil
+}
