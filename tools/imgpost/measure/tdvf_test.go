@@ -8,6 +8,8 @@ import (
 	"os/exec"
 	"strings"
 	"testing"
+
+	"github.com/Dstack-TEE/meta-dstack/internal/testutil"
 )
 
 // debianOVMF is Debian's combined OVMF image (package ovmf): OvmfPkgX64
@@ -16,9 +18,10 @@ const debianOVMF = "/usr/share/ovmf/OVMF.fd"
 
 func readOVMF(t *testing.T) []byte {
 	t.Helper()
+	testutil.NeedFile(t, debianOVMF, "ovmf")
 	b, err := os.ReadFile(debianOVMF)
 	if err != nil {
-		t.Skipf("%v (install Debian's ovmf package)", err)
+		t.Fatal(err)
 	}
 	return b
 }
@@ -27,9 +30,7 @@ func readOVMF(t *testing.T) []byte {
 // reading of the TDVF metadata (testdata/tdvf_mrtd.py).
 func TestMRTDMatchesPython(t *testing.T) {
 	fwb := readOVMF(t)
-	if _, err := exec.LookPath("python3"); err != nil {
-		t.Skip("python3 not installed")
-	}
+	testutil.Need(t, "python3")
 	out, err := exec.Command("python3", "testdata/tdvf_mrtd.py", debianOVMF).Output()
 	if err != nil {
 		t.Fatalf("tdvf_mrtd.py: %v", err)
