@@ -56,7 +56,7 @@ func patchSetupHeader(head []byte, initrdSize uint64, memSize uint64) ([]byte, e
 	}
 	var initrdMax uint64
 	switch {
-	case protocol >= 0x20c && le.Uint16(k[0x236:])&0x40 != 0: // XLF_CAN_BE_LOADED_ABOVE_4G
+	case protocol >= 0x20c && le.Uint16(k[0x236:])&0x2 != 0: // XLF_CAN_BE_LOADED_ABOVE_4G (1<<1)
 		initrdMax = 0xffffffff
 	case protocol >= 0x203:
 		initrdMax = uint64(le.Uint32(k[0x22c:]))

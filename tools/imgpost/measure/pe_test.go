@@ -123,7 +123,7 @@ func TestPatchSetupHeader(t *testing.T) {
 	le.PutUint16(k[0x206:], 0x020f)
 	k[0x211] = 0x01
 	le.PutUint32(k[0x22c:], 0x7fffffff)
-	le.PutUint16(k[0x236:], 0x0040) // XLF_CAN_BE_LOADED_ABOVE_4G
+	le.PutUint16(k[0x236:], 0x0002) // XLF_CAN_BE_LOADED_ABOVE_4G
 	initrd := uint64(0x123456)
 	addr := func(mem uint64) uint32 {
 		p, err := patchSetupHeader(k, initrd, mem)

@@ -41,6 +41,9 @@ const (
 	tdvfSectionSize  = 32
 	tdvfDescSize     = 16
 	tableFooterBytes = 32 // bytes after the GUIDed table footer (reset vector)
+	// maxAddedMemory bounds the pages QEMU adds for the firmware (OVMF's
+	// sections add a few MiB): each costs a block in the MRTD hash.
+	maxAddedMemory = 256 << 20
 )
 
 // GUIDs in their on-disk (mixed-endian) byte order.
@@ -137,6 +140,7 @@ func ParseFirmware(data []byte) (*Firmware, error) {
 		return nil, fmt.Errorf("firmware: TDVF sections run past the end of the image")
 	}
 	fw := &Firmware{data: data}
+	var added uint64
 	for i := 0; i < int(n); i++ {
 		b := data[desc+tdvfDescSize+i*tdvfSectionSize:]
 		s := Section{
@@ -149,6 +153,11 @@ func ParseFirmware(data []byte) (*Firmware, error) {
 		}
 		if err := s.check(size); err != nil {
 			return nil, fmt.Errorf("firmware: TDVF section %d: %w", i, err)
+		}
+		if s.Attributes&AttrPageAug == 0 {
+			if added += s.MemoryDataSize; added > maxAddedMemory {
+				return nil, fmt.Errorf("firmware: TDVF sections add more than %d MiB of pages", maxAddedMemory>>20)
+			}
 		}
 		fw.Sections = append(fw.Sections, s)
 	}
@@ -170,6 +179,12 @@ func (s Section) check(fwSize int) error {
 	}
 	if uint64(s.RawDataSize) > s.MemoryDataSize {
 		return fmt.Errorf("raw data size %#x exceeds memory size %#x", s.RawDataSize, s.MemoryDataSize)
+	}
+	if s.Attributes&AttrMRExtend != 0 && s.MemoryDataSize-uint64(s.RawDataSize) >= pageSize {
+		// Extended sections are the firmware's own bytes; more than a
+		// page of zero fill would let a small file demand hashing
+		// gigabytes.
+		return fmt.Errorf("extended section of %#x bytes holds only %#x bytes of data", s.MemoryDataSize, s.RawDataSize)
 	}
 	if uint64(s.DataOffset)+uint64(s.RawDataSize) > uint64(fwSize) {
 		return fmt.Errorf("data %#x+%#x runs past the %d-byte image", s.DataOffset, s.RawDataSize, fwSize)
