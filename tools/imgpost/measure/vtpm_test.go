@@ -212,6 +212,11 @@ func TestVTPMUKIBoot(t *testing.T) {
 		if !findEvent(l, 4, EvEFIBootServicesApp, want) {
 			t.Errorf("alg %#x: no PCR4 application event with the predicted UKI digest %x; log:\n%s", alg.id, want, describe(l, 4))
 		}
+		pb := append(bytes.Clone(b), make([]byte, 8-len(b)%8)...)
+		padded, _ := FirmwareAuthenticode(bytes.NewReader(pb), int64(len(pb)), alg.h)
+		if findEvent(l, 4, EvEFIBootServicesApp, padded) {
+			t.Errorf("alg %#x: the firmware logged the zero-padded digest", alg.id)
+		}
 		if alg.id == AlgSHA256 {
 			t.Logf("odd-sized UKI (%d bytes): firmware logged %s", len(b), hex.EncodeToString(want))
 		}
