@@ -208,7 +208,11 @@ func runMeasure(args []string, stdout, stderr io.Writer) error {
 		}
 		replay := log.Replay()
 		for i := uint32(0); i < 4; i++ {
-			c.RTMR = append(c.RTMR, hex.EncodeToString(replay[i]))
+			r := replay[i]
+			if r == nil {
+				r = make([]byte, 48) // never extended
+			}
+			c.RTMR = append(c.RTMR, hex.EncodeToString(r))
 		}
 		out.EventLog = c
 	}
