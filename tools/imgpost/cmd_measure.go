@@ -83,10 +83,10 @@ func runMeasure(args []string, stdout, stderr io.Writer) error {
 		"bzImage, initrd) boots in the given VM shape, and the UKI's Authenticode SHA-256",
 		"Google's firmware logs. RTMR0 needs the three ACPI digests of the VM: from --event-log",
 		"(as dstack's \"lite\" verifier does) or --acpi-loader/--acpi-rsdp/--acpi-tables.")
-	memory := fs.String("memory", "2G", "guest `RAM` (dstack's default: 2G)")
+	memory := fs.String("memory", "2G", "guest `RAM`: bytes or K/M/G/T")
 	qemuVersion := fs.String("qemu-version", "9.1.0", "QEMU `VERSION`: 8.x adds pages two-pass, 9 and later single-pass")
 	order := fs.String("mrtd-order", "auto", "MRTD page `ORDER`: auto (from --qemu-version), single or two")
-	initrdArg := fs.String("initrd-arg", "suffix", "where the firmware puts \"initrd=initrd\" in the command line: suffix (EDK2 before 2025) or prefix")
+	initrdArg := fs.String("initrd-arg", "suffix", "where the firmware puts \"initrd=initrd\" in the command line: suffix (older EDK2, dstack's firmware) or prefix (newer EDK2)")
 	eventLog := fs.String("event-log", "", "real event `FILE` (binary CCEL, or dstack's JSON event log / GetQuote response): take the ACPI digests from it and compare event by event")
 	acpiLoader := fs.String("acpi-loader", "", "SHA-384 `HEX` of QEMU's ACPI table loader")
 	acpiRSDP := fs.String("acpi-rsdp", "", "SHA-384 `HEX` of QEMU's ACPI RSDP")

@@ -27,6 +27,7 @@ const dumpInit = `#!/bin/sh
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t securityfs securityfs /sys/kernel/security
+echo "CMDLINE[$(cat /proc/cmdline)]"
 echo BEGIN-EVENT-LOG
 base64 /sys/kernel/security/tpm0/binary_bios_measurements
 echo END-EVENT-LOG
@@ -63,9 +64,11 @@ func swtpm(t *testing.T) []string {
 		"-tpmdev", "emulator,id=tpm0,chardev=chrtpm", "-device", "tpm-tis,tpmdev=tpm0"}
 }
 
+var cmdlineRE = regexp.MustCompile(`CMDLINE\[(.*)\]`)
+
 // bootLog boots cfg with a fresh software TPM and returns the guest's
-// binary_bios_measurements.
-func bootLog(t *testing.T, cfg qemu.Config) []byte {
+// binary_bios_measurements and /proc/cmdline.
+func bootLog(t *testing.T, cfg qemu.Config) ([]byte, string) {
 	t.Helper()
 	cfg.ExtraArgs = append(cfg.ExtraArgs, swtpm(t)...)
 	cfg.LogPath = filepath.Join(t.TempDir(), "console.log")
@@ -78,11 +81,15 @@ func bootLog(t *testing.T, cfg qemu.Config) []byte {
 	if err != nil {
 		t.Fatal(err)
 	}
+	var cmdline string
+	if c := cmdlineRE.FindStringSubmatch(vm.Output()); c != nil {
+		cmdline = strings.TrimSpace(c[1])
+	}
 	b, err := base64.StdEncoding.DecodeString(strings.Join(strings.Fields(m[1]), ""))
 	if err != nil {
 		t.Fatalf("event log base64: %v", err)
 	}
-	return b
+	return b, cmdline
 }
 
 func findEvent(l *Log, pcr, typ uint32, digest []byte) bool {
@@ -134,7 +141,17 @@ func TestVTPMDirectKernelBoot(t *testing.T) {
 	kernel, initrd := vtpmNeeds(t)
 	const memMiB = 2560 // between 2 GiB and 0xB0000000: the initrd address depends on it
 	cmdline := "console=ttyS0 quiet measure-test"
-	raw := bootLog(t, qemu.Config{MemoryMiB: memMiB, Kernel: kernel, Initrd: initrd, Append: cmdline})
+	raw, seen := bootLog(t, qemu.Config{MemoryMiB: memMiB, Kernel: kernel, Initrd: initrd, Append: cmdline})
+	// The command line the kernel got shows where this OVMF puts
+	// "initrd=initrd" (the string the EFI stub measures on newer kernels).
+	switch seen {
+	case MeasuredCmdline(cmdline, InitrdSuffix):
+		t.Logf("OVMF appends the initrd word: %q", seen)
+	case MeasuredCmdline(cmdline, InitrdPrefix):
+		t.Logf("OVMF prepends the initrd word: %q", seen)
+	default:
+		t.Errorf("guest command line %q is neither form of %q", seen, cmdline)
+	}
 	l, err := ParseTCG2(raw, AlgSHA384, false)
 	if err != nil {
 		t.Fatal(err)
@@ -196,7 +213,7 @@ func TestVTPMUKIBoot(t *testing.T) {
 	}
 	// QEMU's vvfat presents the directory as a FAT disk: the removable-media
 	// boot path finds EFI/BOOT/BOOTX64.EFI.
-	raw := bootLog(t, qemu.Config{MemoryMiB: 1024, ExtraArgs: []string{"-drive", "file=fat:" + esp + ",format=raw,if=virtio,readonly=on"}})
+	raw, _ := bootLog(t, qemu.Config{MemoryMiB: 1024, ExtraArgs: []string{"-drive", "file=fat:" + esp + ",format=raw,if=virtio,readonly=on"}})
 	for _, alg := range []struct {
 		id uint16
 		h  crypto.Hash
