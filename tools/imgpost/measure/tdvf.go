@@ -15,6 +15,7 @@ package measure
 import (
 	"crypto/sha512"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"hash"
 )
@@ -54,6 +55,12 @@ var (
 	guidTDXMetadataOffset = mustGUID("e47a6535-984a-4798-865e-4685a7bf8ec2")
 )
 
+// ErrNotTDX marks (wrapped) a firmware image without TDX metadata: not an
+// OVMF image, or an OVMF built without TDX support (Debian's 4 MiB
+// OVMF_CODE_4M.fd, for example). Callers may treat it differently from a
+// malformed TDX firmware.
+var ErrNotTDX = errors.New("no TDX metadata")
+
 // Section is one TDVF_SECTION entry of the firmware's TDX metadata.
 type Section struct {
 	DataOffset     uint32 // offset of the section's bytes in the firmware file
@@ -85,7 +92,7 @@ func ParseFirmware(data []byte) (*Firmware, error) {
 	}
 	footer := size - tableFooterBytes - 16
 	if [16]byte(data[footer:footer+16]) != guidTableFooter {
-		return nil, fmt.Errorf("firmware: no OVMF GUIDed table footer (GUID 96b582de-1fb2-45f7-baea-a366c55a082d) at offset %#x: not an OVMF/TDVF image", footer)
+		return nil, fmt.Errorf("firmware: no OVMF GUIDed table footer (GUID 96b582de-1fb2-45f7-baea-a366c55a082d) at offset %#x: not an OVMF/TDVF image: %w", footer, ErrNotTDX)
 	}
 	// The table's length counts the whole table, including the 2-byte
 	// length and the 16-byte footer GUID.
@@ -111,7 +118,7 @@ func ParseFirmware(data []byte) (*Firmware, error) {
 		p -= n
 	}
 	if entry == nil {
-		return nil, fmt.Errorf("firmware: the GUIDed table has no TDX metadata entry (GUID e47a6535-984a-4798-865e-4685a7bf8ec2): not a TDX firmware")
+		return nil, fmt.Errorf("firmware: the GUIDed table has no TDX metadata entry (GUID e47a6535-984a-4798-865e-4685a7bf8ec2): not a TDX firmware: %w", ErrNotTDX)
 	}
 	if len(entry) < 4 {
 		return nil, fmt.Errorf("firmware: TDX metadata entry holds %d bytes, want a 4-byte offset", len(entry))

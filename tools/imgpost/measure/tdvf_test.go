@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"encoding/hex"
+	"errors"
 	"os"
 	"os/exec"
 	"strings"
@@ -127,6 +128,24 @@ func TestParseFirmwareRejects(t *testing.T) {
 				t.Errorf("err = %v, want one containing %q", err, c.want)
 			}
 		})
+	}
+}
+
+// Debian's 4 MiB OVMF (built without TDX) is told apart from a broken
+// TDX firmware.
+func TestNotTDX(t *testing.T) {
+	testutil.NeedFile(t, "/usr/share/OVMF/OVMF_CODE_4M.fd", "ovmf")
+	b, err := os.ReadFile("/usr/share/OVMF/OVMF_CODE_4M.fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ParseFirmware(b); !errors.Is(err, ErrNotTDX) {
+		t.Errorf("OVMF_CODE_4M.fd: %v, want ErrNotTDX", err)
+	}
+	b = readOVMF(t)
+	binary.LittleEndian.PutUint32(b[len(b)-0x840+8:], 7) // TDVF version 7
+	if _, err := ParseFirmware(b); err == nil || errors.Is(err, ErrNotTDX) {
+		t.Errorf("bad TDVF version: %v, want an error other than ErrNotTDX", err)
 	}
 }
 
