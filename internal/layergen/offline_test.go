@@ -2,6 +2,7 @@ package layergen
 
 import (
 	"archive/zip"
+	"encoding/json"
 	"io"
 	"os"
 	"os/exec"
@@ -137,5 +138,66 @@ func linkOrCopy(t *testing.T, src, dst string) {
 	}
 	if err := os.WriteFile(dst, data, 0o644); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestBitbakeGomodFetcher hands the committed imgpost-go-mods.inc to
+// BitBake's own gomod fetcher (testdata/bbgomod.py): it parses each entry,
+// checks the file's sha256sum and unpacks it; imgpost must then build
+// offline from what it unpacked, and a wrong sha256sum must be refused.
+// Opt-in, as CI has no BitBake: DSTACK_BITBAKE_LIB=<bitbake checkout>/lib.
+func TestBitbakeGomodFetcher(t *testing.T) {
+	bblib := os.Getenv("DSTACK_BITBAKE_LIB")
+	if bblib == "" {
+		t.Skip("set DSTACK_BITBAKE_LIB to a BitBake checkout's lib/ (2.18) to run")
+	}
+	testutil.Need(t, "python3")
+	repo := testutil.RepoRoot(t)
+	inc := filepath.Join(repo, "meta-dstack", "recipes-devtools", "imgpost", "imgpost-go-mods.inc")
+	files := entryFiles(t, repoModules(t))
+	filesJSON := filepath.Join(t.TempDir(), "files.json")
+	data, err := json.Marshal(files)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filesJSON, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	script, err := filepath.Abs(filepath.Join("testdata", "bbgomod.py"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fetch := func(inc string) (string, []byte, error) {
+		root := t.TempDir()
+		t.Cleanup(func() { removeModCache(root) })
+		cmd := exec.Command("python3", script, bblib, inc, root, filesJSON)
+		cmd.Dir = t.TempDir()
+		out, err := cmd.CombinedOutput()
+		return root, out, err
+	}
+	root, out, err := fetch(inc)
+	if err != nil {
+		t.Fatalf("bitbake gomod fetcher: %v\n%s", err, out)
+	}
+	t.Logf("%s", out)
+	if out, err := offlineBuild(t, repo, filepath.Join(root, "pkg", "mod"), filepath.Join(t.TempDir(), "imgpost")); err != nil {
+		t.Fatalf("offline build from the fetcher's module cache: %v\n%s", err, out)
+	}
+
+	text, err := os.ReadFile(inc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := repoModules(t)[0]
+	bad := strings.Replace(string(text), "sha256sum="+m.SHA256, "sha256sum="+strings.Repeat("0", 64), 1)
+	if bad == string(text) {
+		t.Fatalf("%s not in %s", m.SHA256, inc)
+	}
+	badInc := filepath.Join(t.TempDir(), "bad.inc")
+	if err := os.WriteFile(badInc, []byte(bad), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, out, err := fetch(badInc); err == nil || !strings.Contains(string(out), "sha256 checksum '"+m.SHA256+"'") {
+		t.Errorf("wrong sha256sum for %s: err %v\n%s", m.Path, err, out)
 	}
 }
