@@ -5,9 +5,7 @@ package main
 import (
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strings"
 
 	"github.com/Dstack-TEE/meta-dstack/internal/layergen"
 	"github.com/Dstack-TEE/meta-dstack/internal/values"
@@ -18,6 +16,11 @@ import (
 // file. VALUES=path uses your own values file (default templates/values.yaml);
 // OUT=dir renders into dir/meta-dstack instead of the repository. Only
 // generated files are written; hand-written ones are never touched.
+//
+// The imgpost recipe's gomod:// entries (imgpost-go-mods.inc) are what
+// building tools/imgpost needs: `go list -deps` in an empty module cache,
+// filled from your module cache and GOPROXY, with GOFLAGS=-mod=readonly (go.mod
+// and go.sum are never written); each file is checked against go.sum.
 func Layer() error {
 	repo, err := os.Getwd()
 	if err != nil {
@@ -31,11 +34,7 @@ func Layer() error {
 	if out == "" {
 		out = repo
 	}
-	cache, err := exec.Command("go", "env", "GOMODCACHE").Output()
-	if err != nil {
-		return fmt.Errorf("go env GOMODCACHE: %w", err)
-	}
-	opts, err := layergen.Load(repo, vpath, strings.TrimSpace(string(cache)), out)
+	opts, err := layergen.Load(repo, vpath, out)
 	if err != nil {
 		return err
 	}

@@ -8,7 +8,8 @@
 // comment, in the syntax of its file type, saying that it is generated and
 // from which template. Templates see the values as maps (a reference to a
 // key that does not exist is an error naming the values file, the key and
-// the template) plus "gomod", the module list of GoModules.
+// the template) plus "gomod", the gomod:// entries of GoModules (each with
+// path, version, mod, sha256 and uri) and "gobuild", the build they are for.
 //
 // Rendering is deterministic. Write only touches files whose content
 // changes, and only removes files that carry the generated-file marker and
@@ -40,6 +41,7 @@ type Options struct {
 	Templates string         // template directory, e.g. <repo>/templates
 	Values    *values.Values // loaded values
 	Modules   []GoModule     // gomod:// entries offered to templates as .gomod
+	Build     GoBuild        // the build Modules are for, offered as .gobuild (packages, env: space-separated)
 	Out       string         // output root; templates/meta-dstack/x renders to <Out>/meta-dstack/x
 }
 
@@ -65,6 +67,7 @@ func Render(o Options) ([]File, error) {
 		mods[i] = map[string]any{"path": m.Path, "version": m.Version, "mod": m.Mod, "sha256": m.SHA256, "uri": m.URI()}
 	}
 	data["gomod"] = mods
+	data["gobuild"] = map[string]any{"packages": strings.Join(o.Build.Packages, " "), "env": strings.Join(o.Build.Env, " ")}
 
 	var srcs []string
 	err = filepath.WalkDir(o.Templates, func(p string, d fs.DirEntry, err error) error {
@@ -397,16 +400,16 @@ func Diff(o Options) ([]string, error) {
 }
 
 // Load is the usual setup: the values file valuesPath, the templates in
-// <repo>/templates, the modules of <repo>/go.sum read from modCache, output
-// to out (the repository root for the committed layer).
-func Load(repo, valuesPath, modCache, out string) (Options, error) {
+// <repo>/templates, the gomod entries GoModules finds for ImgpostBuild in
+// repo, output to out (the repository root for the committed layer).
+func Load(repo, valuesPath, out string) (Options, error) {
 	v, err := values.Load(valuesPath)
 	if err != nil {
 		return Options{}, err
 	}
-	mods, err := GoModules(filepath.Join(repo, "go.sum"), modCache)
+	mods, err := GoModules(repo, ImgpostBuild)
 	if err != nil {
 		return Options{}, err
 	}
-	return Options{Templates: filepath.Join(repo, "templates"), Values: v, Modules: mods, Out: out}, nil
+	return Options{Templates: filepath.Join(repo, "templates"), Values: v, Modules: mods, Build: ImgpostBuild, Out: out}, nil
 }

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -18,36 +19,37 @@ import (
 
 var update = flag.Bool("update", false, "rewrite testdata/golden from the current templates")
 
-// modCache returns the Go module cache, downloading go.sum's modules into
-// it when some are missing (GoModules reads the module files from there).
-func modCache(t *testing.T, repo string) string {
+var (
+	modsOnce sync.Once
+	mods     []GoModule
+	modsErr  error
+)
+
+// repoModules returns GoModules(repo, ImgpostBuild), computed once per test
+// binary (it runs the go command twice and extracts the module zips).
+func repoModules(t testing.TB) []GoModule {
 	t.Helper()
-	out, err := exec.Command("go", "env", "GOMODCACHE").Output()
-	if err != nil {
-		t.Fatalf("go env GOMODCACHE: %v", err)
+	repo := testutil.RepoRoot(t)
+	modsOnce.Do(func() { mods, modsErr = GoModules(repo, ImgpostBuild) })
+	if modsErr != nil {
+		t.Fatal(modsErr)
 	}
-	cache := strings.TrimSpace(string(out))
-	if _, err := GoModules(filepath.Join(repo, "go.sum"), cache); err != nil {
-		cmd := exec.Command("go", "mod", "download", "all")
-		cmd.Dir = repo
-		if out, err2 := cmd.CombinedOutput(); err2 != nil {
-			t.Fatalf("module files missing (%v) and go mod download failed: %v\n%s", err, err2, out)
-		}
-	}
-	return cache
+	return mods
 }
 
+// repoOptions is what Load returns for valuesFile (default: the
+// repository's), with the gomod entries of repoModules.
 func repoOptions(t *testing.T, valuesFile, out string) Options {
 	t.Helper()
 	repo := testutil.RepoRoot(t)
 	if valuesFile == "" {
 		valuesFile = filepath.Join(repo, values.DefaultPath)
 	}
-	o, err := Load(repo, valuesFile, modCache(t, repo), out)
+	v, err := values.Load(valuesFile)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return o
+	return Options{Templates: filepath.Join(repo, "templates"), Values: v, Modules: repoModules(t), Build: ImgpostBuild, Out: out}
 }
 
 // TestCommittedLayerUpToDate fails when meta-dstack/ in the tree is not what
@@ -70,7 +72,6 @@ func TestMageLayerChangesNothing(t *testing.T) {
 		t.Skip("builds mage")
 	}
 	repo := testutil.RepoRoot(t)
-	modCache(t, repo)
 	dst := t.TempDir()
 	// A clean clone: the committed files of HEAD.
 	ls := exec.Command("git", "ls-files", "-z")
@@ -100,7 +101,8 @@ func TestMageLayerChangesNothing(t *testing.T) {
 			t.Fatalf("cp: %v %s", err, out)
 		}
 	}
-	before := snapshot(t, filepath.Join(dst, "meta-dstack"))
+	// The whole copy: go.mod, go.sum and meta-dstack/ must come out unchanged.
+	before := snapshot(t, dst)
 	time.Sleep(10 * time.Millisecond)
 	cmd := exec.Command("go", "run", "mage.go", "layer")
 	cmd.Dir = dst
@@ -111,14 +113,27 @@ func TestMageLayerChangesNothing(t *testing.T) {
 	if !strings.Contains(string(out), " 0 files written") || !strings.Contains(string(out), " 0 stale removed") {
 		t.Errorf("mage layer changed files:\n%s", out)
 	}
-	after := snapshot(t, filepath.Join(dst, "meta-dstack"))
-	if before != after {
-		t.Errorf("meta-dstack changed (content or mtime) after mage layer:\n%s", out)
+	after := snapshot(t, dst)
+	for p, b := range before {
+		if a, ok := after[p]; !ok {
+			t.Errorf("mage layer removed %s", p)
+		} else if a != b {
+			t.Errorf("mage layer changed %s (content, mode or mtime)", p)
+		}
+	}
+	for p := range after {
+		if _, ok := before[p]; !ok {
+			t.Errorf("mage layer created %s", p)
+		}
+	}
+	if t.Failed() {
+		t.Logf("mage layer output:\n%s", out)
 	}
 }
 
-func snapshot(t *testing.T, dir string) string {
-	var b strings.Builder
+// snapshot maps each file under dir to its modification time, mode and SHA-256.
+func snapshot(t *testing.T, dir string) map[string]string {
+	m := map[string]string{}
 	err := filepath.Walk(dir, func(p string, info os.FileInfo, err error) error {
 		if err != nil || info.IsDir() {
 			return err
@@ -128,13 +143,14 @@ func snapshot(t *testing.T, dir string) string {
 			return err
 		}
 		s := sha256.Sum256(data)
-		b.WriteString(p + " " + info.ModTime().String() + " " + info.Mode().String() + " " + hex.EncodeToString(s[:]) + "\n")
+		rel, _ := filepath.Rel(dir, p)
+		m[rel] = info.ModTime().String() + " " + info.Mode().String() + " " + hex.EncodeToString(s[:])
 		return nil
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return b.String()
+	return m
 }
 
 func TestRenderDeterministic(t *testing.T) {
@@ -295,7 +311,7 @@ func TestLoadBadValues(t *testing.T) {
 	if err := os.WriteFile(bad, []byte("distro: [unclosed\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	_, err := Load(repo, bad, t.TempDir(), t.TempDir())
+	_, err := Load(repo, bad, t.TempDir())
 	if err == nil || !strings.Contains(err.Error(), bad) || !strings.Contains(err.Error(), "malformed YAML") {
 		t.Fatalf("err = %v", err)
 	}
@@ -304,7 +320,7 @@ func TestLoadBadValues(t *testing.T) {
 	if err := os.WriteFile(bad, []byte(missing), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	_, err = Load(repo, bad, t.TempDir(), t.TempDir())
+	_, err = Load(repo, bad, t.TempDir())
 	if err == nil || !strings.Contains(err.Error(), bad) || !strings.Contains(err.Error(), "machine.serial_consoles") {
 		t.Fatalf("err = %v", err)
 	}
