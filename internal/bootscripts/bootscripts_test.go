@@ -659,6 +659,9 @@ func TestPrepareChoice(t *testing.T) {
 	copy(nonBlank[1024:], "some filesystem")
 	xfs := make([]byte, 1<<20)
 	copy(xfs, "XFSB")
+	// a ZFS vdev label's uberblock ring (128 KiB in), little-endian magic
+	zfs := make([]byte, 1<<20)
+	copy(zfs[128<<10+3<<10:], []byte{0x0c, 0xb1, 0xba, 0x00})
 	luks := luksImage(t)
 	ext4 := ext4Image(t)
 	// the rootfs on vda2 (GPT), opened as dm-0 "dstack-rootfs"
@@ -723,6 +726,16 @@ func TestPrepareChoice(t *testing.T) {
 			rootDisk, {name: "vdb", devnum: "254:16", rawFile: ext4}}, rootDM: rootDM,
 			wantOut:   `^dstack-prepare: data disk: DEV/vdb \(` + regexp.QuoteMeta(noLabel) + `, ext4, unencrypted, used as it is\)\n`,
 			wantAgent: "DEV/vdb"},
+		{name: "zfs refused when storage is encrypted", disks: []fakeDisk{
+			rootDisk, {name: "vdb", devnum: "254:16", raw: zfs}}, rootDM: rootDM,
+			wantOut: `dstack-prepare: error: DEV/vdb \(` + regexp.QuoteMeta(noLabel) + `\) is not empty and holds no LUKS volume \(zfs\)`},
+		{name: "zfs picked up when storage is unencrypted", cmdline: "dstack.storage_encrypted=off", disks: []fakeDisk{
+			rootDisk, {name: "vdb", devnum: "254:16", raw: zfs}}, rootDM: rootDM,
+			wantOut:   `^dstack-prepare: data disk: DEV/vdb \(` + regexp.QuoteMeta(noLabel) + `, zfs, unencrypted, used as it is\)\n`,
+			wantAgent: "DEV/vdb"},
+		{name: "xfs refused when storage is unencrypted", cmdline: "dstack.storage_encrypted=no", disks: []fakeDisk{
+			rootDisk, {name: "vdb", devnum: "254:16", raw: xfs}}, rootDM: rootDM,
+			wantOut: `dstack-prepare: error: DEV/vdb \(` + regexp.QuoteMeta(noLabel) + `\) is not empty and holds no ext4 or ZFS file system \(xfs\): dstack-util setup would format over it; not touching it\n$`},
 		{name: "xfs refused", disks: []fakeDisk{
 			rootDisk, {name: "vdb", devnum: "254:16", raw: xfs}}, rootDM: rootDM,
 			wantOut: `dstack-prepare: error: DEV/vdb \(` + regexp.QuoteMeta(noLabel) + `\) is not empty and holds no LUKS volume \(xfs\)`},
