@@ -2,7 +2,9 @@ package bootscripts
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -78,6 +80,8 @@ type fakeDisk struct {
 	parts []fakePart
 	// raw, when parts is empty, is the content of /dev/<name>.
 	raw []byte
+	// rawFile, when set (and parts empty), is copied to /dev/<name> instead.
+	rawFile string
 }
 
 type fakePart struct{ label, guid string }
@@ -109,7 +113,7 @@ func newFakeTree(t *testing.T, disks ...fakeDisk) *fakeTree {
 	t.Helper()
 	testutil.Need(t, "sgdisk")
 	root := t.TempDir()
-	ft := &fakeTree{root: root, sys: filepath.Join(root, "sys"), dev: filepath.Join(root, "dev"), cmdline: filepath.Join(root, "cmdline")}
+	ft := &fakeTree{root: root, sys: filepath.Join(root, "sys"), dev: filepath.Join(root, "dev"), cmdline: filepath.Join(root, "proc", "cmdline")}
 	for _, d := range []string{filepath.Join(ft.sys, "class", "block"), ft.dev} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			t.Fatal(err)
@@ -119,7 +123,18 @@ func newFakeTree(t *testing.T, disks ...fakeDisk) *fakeTree {
 		ddir := filepath.Join(ft.sys, "devices", "pci0000:00", "block", d.name)
 		writeFile(t, filepath.Join(ddir, "dev"), d.devnum+"\n")
 		writeFile(t, filepath.Join(ddir, "uevent"), fmt.Sprintf("MAJOR=%s\nMINOR=%s\nDEVNAME=%s\nDEVTYPE=disk\n", strings.Split(d.devnum, ":")[0], strings.Split(d.devnum, ":")[1], d.name))
-		writeFile(t, filepath.Join(ddir, "size"), "16384\n")
+		size := int64(16384)
+		switch {
+		case d.rawFile != "":
+			fi, err := os.Stat(d.rawFile)
+			if err != nil {
+				t.Fatal(err)
+			}
+			size = fi.Size() / 512
+		case len(d.parts) == 0:
+			size = int64(len(d.raw)) / 512
+		}
+		writeFile(t, filepath.Join(ddir, "size"), fmt.Sprintf("%d\n", size))
 		writeFile(t, filepath.Join(ddir, "queue", "logical_block_size"), "512\n")
 		if strings.HasPrefix(d.name, "vd") && d.serial != "" {
 			writeFile(t, filepath.Join(ddir, "serial"), d.serial+"\n")
@@ -140,6 +155,10 @@ func newFakeTree(t *testing.T, disks ...fakeDisk) *fakeTree {
 		}
 		img := filepath.Join(ft.dev, d.name)
 		if len(d.parts) == 0 {
+			if d.rawFile != "" {
+				copyFile(t, d.rawFile, img)
+				continue
+			}
 			if err := os.WriteFile(img, d.raw, 0o644); err != nil {
 				t.Fatal(err)
 			}
@@ -176,6 +195,9 @@ func newFakeTree(t *testing.T, disks ...fakeDisk) *fakeTree {
 				t.Fatal(err)
 			}
 			if err := os.WriteFile(filepath.Join(ft.dev, pn), nil, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Truncate(filepath.Join(ft.dev, pn), 1<<20); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -310,6 +332,8 @@ func TestResolveFails(t *testing.T) {
 		{"PARTLABEL=", "0", `^invalid device spec`},
 		{"/dev/../etc/passwd", "0", `not normalized`},
 		{"/dev/vda", "x", `^invalid device timeout 'x'`},
+		{"/dev/vda", "08", `^invalid device timeout '08' \(seconds expected: 0-9999, decimal, no leading zero\)$`},
+		{"/dev/vda", "010", `^invalid device timeout '010'`},
 	} {
 		t.Run(tc.spec, func(t *testing.T) {
 			out, err := ft.runLib(t, resolveSnippet, tc.spec, tc.timeout)
@@ -458,7 +482,15 @@ func TestBootParams(t *testing.T) {
 		{"size arithmetic", h + " dstack.rootfs_size=4096*2", "err dstack.rootfs_size='4096*2' is malformed: a positive multiple of 4096 (bytes) expected"},
 		{"glob device", h + " " + s + " dstack.rootfs_device=/dev/*", "err dstack.rootfs_device: invalid device spec '/dev/*': only letters, digits and / . _ : = @ + , % # - are allowed (no glob characters)"},
 		{"relative device", h + " " + s + " dstack.rootfs_device=vda", "err dstack.rootfs_device: invalid device spec 'vda': expected an absolute path, PARTLABEL=<name> or PARTUUID=<uuid>"},
-		{"bad timeout", h + " " + s + " dstack.device_timeout=1s", "err dstack.device_timeout='1s' is malformed: seconds (0-9999) expected"},
+		{"bad timeout", h + " " + s + " dstack.device_timeout=1s", "err dstack.device_timeout='1s' is malformed: seconds expected (0-9999, decimal, no leading zero)"},
+		{"timeout 08", h + " " + s + " dstack.device_timeout=08", "err dstack.device_timeout='08' is malformed: seconds expected (0-9999, decimal, no leading zero)"},
+		{"timeout 0019", h + " " + s + " dstack.device_timeout=0019", "err dstack.device_timeout='0019' is malformed: seconds expected (0-9999, decimal, no leading zero)"},
+		{"timeout 0010", h + " " + s + " dstack.device_timeout=0010", "err dstack.device_timeout='0010' is malformed: seconds expected (0-9999, decimal, no leading zero)"},
+		{"timeout 00", h + " " + s + " dstack.device_timeout=00", "err dstack.device_timeout='00' is malformed: seconds expected (0-9999, decimal, no leading zero)"},
+		{"timeout 10000", h + " " + s + " dstack.device_timeout=10000", "err dstack.device_timeout='10000' is malformed: seconds expected (0-9999, decimal, no leading zero)"},
+		{"timeout 0", h + " " + s + " dstack.device_timeout=0", "ok hash=" + goodHash + " size=1048576 dev=/dev/vda timeout=0 verify=full"},
+		{"timeout 10", h + " " + s + " dstack.device_timeout=10", "ok hash=" + goodHash + " size=1048576 dev=/dev/vda timeout=10 verify=full"},
+		{"timeout 9999", h + " " + s + " dstack.device_timeout=9999", "ok hash=" + goodHash + " size=1048576 dev=/dev/vda timeout=9999 verify=full"},
 		{"bad verify", h + " " + s + " dstack.rootfs_verify=no", "err dstack.rootfs_verify='no' is malformed: full or ondemand expected"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -474,131 +506,476 @@ func TestBootParams(t *testing.T) {
 	}
 }
 
-// runPrepare runs dstack-prepare on the fake tree with a fake guest agent that
-// records its arguments.
-func (ft *fakeTree) runPrepare(t *testing.T) (string, string, error) {
+// testRoot fills the fake tree's root with what the scripts' test mode
+// (--test-root) reads: bin/ (busybox applets), usr/lib/dstack/devspec.sh.
+func (ft *fakeTree) testRoot(t *testing.T) string {
 	t.Helper()
-	bin := busybox(t)
-	root := testutil.RepoRoot(t)
-	agentLog := filepath.Join(ft.root, "agent.log")
-	agent := filepath.Join(ft.root, "dstack-util")
-	writeFile(t, agent, "#!"+filepath.Join(bin, "sh")+"\nprintf '%s\\n' \"$*\" >"+agentLog+"\n")
-	if err := os.Chmod(agent, 0o755); err != nil {
+	testutil.NeedFile(t, "/bin/busybox", "busybox-static")
+	if _, err := BusyboxBin("/bin/busybox", ft.root); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(filepath.Join(bin, "sh"), filepath.Join(root, PreparePath))
-	cmd.Env = []string{
-		"PATH=" + bin,
-		"DSTACK_DEVSPEC=" + filepath.Join(root, DevspecPath),
-		"DSTACK_SYSFS=" + ft.sys,
-		"DSTACK_DEV=" + ft.dev,
-		"DSTACK_CMDLINE=" + ft.cmdline,
-		"DSTACK_RUN=" + filepath.Join(ft.root, "run"),
-		"DSTACK_UTIL=" + agent,
-		"DSTACK_DEVICE_TIMEOUT=0",
-	}
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err := cmd.Run()
-	agentArgs, _ := os.ReadFile(agentLog)
-	return stdout.String() + stderr.String(), string(agentArgs), err
+	copyFile(t, filepath.Join(testutil.RepoRoot(t), DevspecPath), filepath.Join(ft.root, "usr", "lib", "dstack", "devspec.sh"))
+	return filepath.Join(ft.root, "bin")
 }
 
-// TestPrepareChoice covers dstack-prepare's choices that need no real kernel:
-// the partitioning of an empty disk is checked by the QEMU boot tests.
+// stub replaces the applet name in bin with a busybox sh script.
+func stub(t *testing.T, bin, name, body string) {
+	t.Helper()
+	p := filepath.Join(bin, name)
+	if err := os.Remove(p); err != nil && !os.IsNotExist(err) {
+		t.Fatal(err)
+	}
+	writeFile(t, p, "#!"+filepath.Join(bin, "sh")+"\n"+body)
+	if err := os.Chmod(p, 0o755); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// hostileEnv is an environment a kernel command line could give the boot
+// scripts (unknown NAME=VALUE words reach PID 1; systemd.setenv= reaches
+// every service): it points every former override at something harmful.
+func hostileEnv(ft *fakeTree) []string {
+	return []string{
+		"PATH=/nonexistent",
+		"LD_PRELOAD=" + filepath.Join(ft.dev, "vdb"),
+		"LD_LIBRARY_PATH=" + ft.dev,
+		"IFS=/",
+		"DSTACK_DEVSPEC=" + ft.cmdline,
+		"DSTACK_MODULES=" + ft.cmdline,
+		"DSTACK_UTIL=/bin/false",
+		"DSTACK_SYSFS=/nonexistent",
+		"DSTACK_DEV=/nonexistent",
+		"DSTACK_CMDLINE=" + filepath.Join(ft.root, "evil-cmdline"),
+		"DSTACK_RUN=/nonexistent",
+		"DSTACK_WORK_DIR=/evil",
+		"DSTACK_DATA_MNT=/evil",
+		"DSTACK_DEVICE_TIMEOUT=08",
+		"NEWROOT=/evil",
+		"MAPPER=evil",
+		"R=/evil",
+	}
+}
+
+// runPrepare runs dstack-prepare --test-root on the fake tree, with a
+// stand-in guest agent that records its arguments and environment, and env
+// as the caller's environment.
+func (ft *fakeTree) runPrepare(t *testing.T, env ...string) (out, agentArgs, agentEnv string, err error) {
+	t.Helper()
+	bin := ft.testRoot(t)
+	agentLog := filepath.Join(ft.root, "agent.log")
+	envLog := filepath.Join(ft.root, "agent.env")
+	writeFile(t, filepath.Join(ft.root, "usr", "bin", "dstack-util"), "#!"+filepath.Join(bin, "sh")+"\nprintf '%s\\n' \"$*\" >"+agentLog+"\nenv >"+envLog+"\n")
+	if err := os.Chmod(filepath.Join(ft.root, "usr", "bin", "dstack-util"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(filepath.Join(bin, "sh"), filepath.Join(testutil.RepoRoot(t), PreparePath), "--test-root", ft.root)
+	cmd.Env = env
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err = cmd.Run()
+	a, _ := os.ReadFile(agentLog)
+	e, _ := os.ReadFile(envLog)
+	return stdout.String() + stderr.String(), string(a), string(e), err
+}
+
+const agentCall = "setup --work-dir /var/volatile/dstack --device %s --mount-point /var/volatile/dstack/persistent\n"
+
+// luksImage makes a whole-disk LUKS2 volume as upstream dstack 0.5.x's setup
+// leaves /dev/vdb (cryptsetup luksFormat, 16 MiB payload offset), in a
+// sparse file.
+func luksImage(t *testing.T) string {
+	t.Helper()
+	testutil.Need(t, "cryptsetup")
+	dir := t.TempDir()
+	img := filepath.Join(dir, "luks.img")
+	key := filepath.Join(dir, "key")
+	writeFile(t, key, "0123456789abcdef")
+	f, err := os.Create(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	if err := os.Truncate(img, 20<<20); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Run(t, "cryptsetup", "luksFormat", "--batch-mode", "--type", "luks2", "--offset", "32768",
+		"--cipher", "aes-xts-plain64", "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000",
+		"--key-file", key, img)
+	testutil.Run(t, "cryptsetup", "isLuks", img)
+	return img
+}
+
+// ext4Image makes a 4 MiB ext4 file system with mkfs.ext4.
+func ext4Image(t *testing.T) string {
+	t.Helper()
+	testutil.Need(t, "mkfs.ext4")
+	img := filepath.Join(t.TempDir(), "ext4.img")
+	f, err := os.Create(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	if err := os.Truncate(img, 4<<20); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Run(t, "mkfs.ext4", "-q", "-F", "-E", "root_owner=0:0", img)
+	return img
+}
+
+// addRootDM adds to the fake tree the device-mapper device /init opens
+// (dm-0 named dstack-rootfs, on the given slave) and /dev/mapper/dstack-rootfs.
+func (ft *fakeTree) addRootDM(t *testing.T, slave string) {
+	t.Helper()
+	ddir := filepath.Join(ft.sys, "devices", "virtual", "block", "dm-0")
+	writeFile(t, filepath.Join(ddir, "dev"), "253:0\n")
+	writeFile(t, filepath.Join(ddir, "size"), "2048\n")
+	writeFile(t, filepath.Join(ddir, "dm", "name"), "dstack-rootfs\n")
+	target, err := filepath.EvalSymlinks(filepath.Join(ft.sys, "class", "block", slave))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Join(ddir, "slaves"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(target, filepath.Join(ddir, "slaves", slave)); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("../../devices/virtual/block/dm-0", filepath.Join(ft.sys, "class", "block", "dm-0")); err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, filepath.Join(ft.dev, "dm-0"), "")
+	if err := os.MkdirAll(filepath.Join(ft.dev, "mapper"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("../dm-0", filepath.Join(ft.dev, "mapper", "dstack-rootfs")); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestPrepareChoice covers dstack-prepare's choices on a fake tree: the
+// partitioning of an empty disk is checked by the QEMU boot tests.
 func TestPrepareChoice(t *testing.T) {
-	nonBlank := make([]byte, 8192)
+	nonBlank := make([]byte, 1<<20)
 	copy(nonBlank[1024:], "some filesystem")
+	xfs := make([]byte, 1<<20)
+	copy(xfs, "XFSB")
+	// a ZFS vdev label's uberblock ring (128 KiB in), little-endian magic
+	zfs := make([]byte, 1<<20)
+	copy(zfs[128<<10+3<<10:], []byte{0x0c, 0xb1, 0xba, 0x00})
+	luks := luksImage(t)
+	ext4 := ext4Image(t)
+	// the rootfs on vda2 (GPT), opened as dm-0 "dstack-rootfs"
+	rootDisk := fakeDisk{name: "vda", devnum: "254:0", parts: []fakePart{{"esp", ""}, {"dstack-rootfs", ""}}}
+	const rootDM = "vda2"
+	const noLabel = "default /dev/vdb (no PARTLABEL=dstack-data partition)"
 	for _, tc := range []struct {
 		name      string
 		cmdline   string
 		disks     []fakeDisk
+		rootDM    string // slave of a dm-0 named dstack-rootfs, "" = none
 		wantOut   string // regexp
-		wantAgent string // "" = agent not run
-		wantErr   bool
+		wantAgent string // device dstack-util setup gets ("" = not run)
 	}{
 		{name: "partlabel beats vdb", disks: []fakeDisk{
 			{name: "vda", devnum: "254:0", parts: []fakePart{{"dstack-rootfs", ""}}},
 			{name: "vdb", devnum: "254:16", raw: make([]byte, 4096)},
 			{name: "nvme0n1", devnum: "259:0", serial: "s", model: "m", parts: []fakePart{{"x", ""}, {"dstack-data", ""}}}},
-			wantOut:   `^dstack-prepare: data disk: DEV/nvme0n1p2 \(PARTLABEL=dstack-data\)\n`,
-			wantAgent: "setup --work-dir /var/volatile/dstack --device DEV/nvme0n1p2 --mount-point /var/volatile/dstack/persistent\n"},
-		{name: "data_dev partition", cmdline: "dstack.data_dev=/dev/vda1", disks: []fakeDisk{
-			{name: "vda", devnum: "254:0", parts: []fakePart{{"dstack-data", ""}}},
+			wantOut:   `^dstack-prepare: data disk: DEV/nvme0n1p2 \(PARTLABEL=dstack-data, empty\)\n`,
+			wantAgent: "DEV/nvme0n1p2"},
+		{name: "data_dev partition", cmdline: "dstack.data_dev=/dev/vdc1", disks: []fakeDisk{
+			{name: "vdc", devnum: "254:32", parts: []fakePart{{"dstack-data", ""}}},
 			{name: "nvme0n1", devnum: "259:0", serial: "s", model: "m", parts: []fakePart{{"dstack-data", ""}}}},
-			wantOut:   `^dstack-prepare: data disk: DEV/vda1 \(dstack.data_dev=/dev/vda1\)\n`,
-			wantAgent: "setup --work-dir /var/volatile/dstack --device DEV/vda1 --mount-point /var/volatile/dstack/persistent\n"},
+			wantOut:   `^dstack-prepare: data disk: DEV/vdc1 \(dstack.data_dev=/dev/vdc1, empty\)\n`,
+			wantAgent: "DEV/vdc1"},
 		{name: "data_dev disk with dstack-data", cmdline: "dstack.data_dev=/dev/disk/by-id/nvme-m_s", disks: []fakeDisk{
 			{name: "nvme0n1", devnum: "259:0", serial: "s", model: "m", parts: []fakePart{{"a", ""}, {"dstack-data", ""}}}},
-			wantOut:   `^dstack-prepare: data disk: DEV/nvme0n1p2 \(dstack.data_dev=/dev/disk/by-id/nvme-m_s\)\n`,
-			wantAgent: "setup --work-dir /var/volatile/dstack --device DEV/nvme0n1p2 --mount-point /var/volatile/dstack/persistent\n"},
+			wantOut:   `^dstack-prepare: data disk: DEV/nvme0n1p2 \(dstack.data_dev=/dev/disk/by-id/nvme-m_s, partition dstack-data, empty\)\n`,
+			wantAgent: "DEV/nvme0n1p2"},
 		{name: "foreign partitions refused", disks: []fakeDisk{
 			{name: "vdb", devnum: "254:16", parts: []fakePart{{"home", ""}, {"swap", ""}}}},
-			wantOut: `dstack-prepare: error: DEV/vdb \(default /dev/vdb \(no PARTLABEL=dstack-data partition\)\) has partitions \(vdb1 vdb2\) but none named dstack-data; not touching it\n$`,
-			wantErr: true},
+			wantOut: `dstack-prepare: error: DEV/vdb \(` + regexp.QuoteMeta(noLabel) + `\) has partitions \(vdb1 vdb2\) but none named dstack-data; not touching it\n$`},
 		{name: "data on unpartitioned disk refused", disks: []fakeDisk{
 			{name: "vdb", devnum: "254:16", raw: nonBlank}},
-			wantOut: `dstack-prepare: error: DEV/vdb \(default /dev/vdb \(no PARTLABEL=dstack-data partition\)\) has no partition table but is not blank; not touching it\n$`,
-			wantErr: true},
+			wantOut: `dstack-prepare: error: DEV/vdb \(` + regexp.QuoteMeta(noLabel) + `\) is not empty and holds no LUKS volume \(unknown data\): dstack-util setup would format over it; not touching it\n$`},
 		{name: "no disk", disks: []fakeDisk{
 			{name: "vda", devnum: "254:0", parts: []fakePart{{"dstack-rootfs", ""}}}},
-			wantOut: `dstack-prepare: error: no data disk: no PARTLABEL=dstack-data partition, and device /dev/vdb not found after 0s; block devices seen: vda vda1\n$`,
-			wantErr: true},
+			wantOut: `dstack-prepare: error: no data disk: no PARTLABEL=dstack-data partition, and device /dev/vdb not found after 0s; block devices seen: vda vda1\n$`},
 		{name: "data_dev missing", cmdline: "dstack.data_dev=PARTUUID=01234567-89ab-cdef-0123-456789abcdef", disks: []fakeDisk{
-			{name: "vda", devnum: "254:0", parts: []fakePart{{"dstack-data", ""}}}},
-			wantOut: `dstack-prepare: error: dstack.data_dev: device PARTUUID=01234567-89ab-cdef-0123-456789abcdef not found after 0s; block devices seen: vda vda1\n$`,
-			wantErr: true},
+			{name: "vdc", devnum: "254:32", parts: []fakePart{{"dstack-data", ""}}}},
+			wantOut: `dstack-prepare: error: dstack.data_dev: device PARTUUID=01234567-89ab-cdef-0123-456789abcdef not found after 0s; block devices seen: vdc vdc1\n$`},
 		{name: "data_dev glob", cmdline: "dstack.data_dev=/dev/vd*", disks: []fakeDisk{
-			{name: "vda", devnum: "254:0", parts: []fakePart{{"dstack-data", ""}}}},
-			wantOut: `dstack-prepare: error: dstack.data_dev: invalid device spec '/dev/vd\*'`,
-			wantErr: true},
+			{name: "vdc", devnum: "254:32", parts: []fakePart{{"dstack-data", ""}}}},
+			wantOut: `dstack-prepare: error: dstack.data_dev: invalid device spec '/dev/vd\*'`},
+
+		// upgrade in place: a whole-disk LUKS volume, no partition table
+		{name: "whole-disk LUKS on vdb picked up unchanged", disks: []fakeDisk{
+			rootDisk, {name: "vdb", devnum: "254:16", rawFile: luks}}, rootDM: rootDM,
+			wantOut:   `^dstack-prepare: data disk: DEV/vdb \(` + regexp.QuoteMeta(noLabel) + `, LUKS, used as it is\)\n`,
+			wantAgent: "DEV/vdb"},
+		{name: "whole-disk LUKS named by data_dev", cmdline: "dstack.data_dev=/dev/vdc", disks: []fakeDisk{
+			rootDisk, {name: "vdb", devnum: "254:16", raw: make([]byte, 4096)}, {name: "vdc", devnum: "254:32", rawFile: luks}}, rootDM: rootDM,
+			wantOut:   `^dstack-prepare: data disk: DEV/vdc \(dstack.data_dev=/dev/vdc, LUKS, used as it is\)\n`,
+			wantAgent: "DEV/vdc"},
+		{name: "LUKS refused when storage is unencrypted", cmdline: "dstack.storage_encrypted=false", disks: []fakeDisk{
+			rootDisk, {name: "vdb", devnum: "254:16", rawFile: luks}}, rootDM: rootDM,
+			wantOut: `dstack-prepare: error: DEV/vdb \(` + regexp.QuoteMeta(noLabel) + `\) holds a LUKS volume but dstack.storage_encrypted is off: dstack-util setup would format over it; not touching it\n$`},
+		{name: "ext4 refused when storage is encrypted", disks: []fakeDisk{
+			rootDisk, {name: "vdb", devnum: "254:16", rawFile: ext4}}, rootDM: rootDM,
+			wantOut: `dstack-prepare: error: DEV/vdb \(` + regexp.QuoteMeta(noLabel) + `\) is not empty and holds no LUKS volume \(ext4\): dstack-util setup would format over it; not touching it\n$`},
+		{name: "ext4 picked up when storage is unencrypted", cmdline: "dstack.storage_encrypted=0", disks: []fakeDisk{
+			rootDisk, {name: "vdb", devnum: "254:16", rawFile: ext4}}, rootDM: rootDM,
+			wantOut:   `^dstack-prepare: data disk: DEV/vdb \(` + regexp.QuoteMeta(noLabel) + `, ext4, unencrypted, used as it is\)\n`,
+			wantAgent: "DEV/vdb"},
+		{name: "zfs refused when storage is encrypted", disks: []fakeDisk{
+			rootDisk, {name: "vdb", devnum: "254:16", raw: zfs}}, rootDM: rootDM,
+			wantOut: `dstack-prepare: error: DEV/vdb \(` + regexp.QuoteMeta(noLabel) + `\) is not empty and holds no LUKS volume \(zfs\)`},
+		{name: "zfs picked up when storage is unencrypted", cmdline: "dstack.storage_encrypted=off", disks: []fakeDisk{
+			rootDisk, {name: "vdb", devnum: "254:16", raw: zfs}}, rootDM: rootDM,
+			wantOut:   `^dstack-prepare: data disk: DEV/vdb \(` + regexp.QuoteMeta(noLabel) + `, zfs, unencrypted, used as it is\)\n`,
+			wantAgent: "DEV/vdb"},
+		{name: "xfs refused when storage is unencrypted", cmdline: "dstack.storage_encrypted=no", disks: []fakeDisk{
+			rootDisk, {name: "vdb", devnum: "254:16", raw: xfs}}, rootDM: rootDM,
+			wantOut: `dstack-prepare: error: DEV/vdb \(` + regexp.QuoteMeta(noLabel) + `\) is not empty and holds no ext4 or ZFS file system \(xfs\): dstack-util setup would format over it; not touching it\n$`},
+		{name: "xfs refused", disks: []fakeDisk{
+			rootDisk, {name: "vdb", devnum: "254:16", raw: xfs}}, rootDM: rootDM,
+			wantOut: `dstack-prepare: error: DEV/vdb \(` + regexp.QuoteMeta(noLabel) + `\) is not empty and holds no LUKS volume \(xfs\)`},
+
+		// dstack.data_device= is an alias of dstack.data_dev=
+		{name: "data_device alias", cmdline: "dstack.data_device=/dev/vdc", disks: []fakeDisk{
+			rootDisk, {name: "vdb", devnum: "254:16", raw: make([]byte, 4096)}, {name: "vdc", devnum: "254:32", rawFile: luks}}, rootDM: rootDM,
+			wantOut:   `^dstack-prepare: data disk: DEV/vdc \(dstack.data_device=/dev/vdc, LUKS, used as it is\)\n`,
+			wantAgent: "DEV/vdc"},
+		{name: "data_dev and data_device agree", cmdline: "dstack.data_device=/dev/vdc dstack.data_dev=/dev/vdc", disks: []fakeDisk{
+			rootDisk, {name: "vdc", devnum: "254:32", rawFile: luks}}, rootDM: rootDM,
+			wantOut:   `^dstack-prepare: data disk: DEV/vdc \(dstack.data_dev=/dev/vdc, LUKS, used as it is\)\n`,
+			wantAgent: "DEV/vdc"},
+		{name: "data_dev and data_device differ", cmdline: "dstack.data_dev=/dev/vdc dstack.data_device=/dev/vdb", disks: []fakeDisk{
+			rootDisk, {name: "vdb", devnum: "254:16", rawFile: luks}, {name: "vdc", devnum: "254:32", rawFile: luks}}, rootDM: rootDM,
+			wantOut: `dstack-prepare: error: dstack.data_dev=/dev/vdc and dstack.data_device=/dev/vdb name different devices; give one of them\n$`},
+
+		// the rootfs is never the data disk
+		{name: "PARTLABEL=dstack-rootfs refused", cmdline: "dstack.rootfs_device=PARTLABEL=dstack-rootfs dstack.data_dev=PARTLABEL=dstack-rootfs", disks: []fakeDisk{
+			rootDisk, {name: "vdb", devnum: "254:16", raw: make([]byte, 4096)}}, rootDM: rootDM,
+			wantOut: `dstack-prepare: error: DEV/vda2 \(dstack.data_dev=PARTLABEL=dstack-rootfs\) is on vda, the disk that holds the rootfs; refusing it as the data disk\n$`},
+		{name: "rootfs partition refused without dm", cmdline: "dstack.rootfs_device=PARTLABEL=dstack-rootfs dstack.data_dev=/dev/nvme0n1p2", disks: []fakeDisk{
+			{name: "nvme0n1", devnum: "259:0", serial: "s", model: "m", parts: []fakePart{{"esp", ""}, {"dstack-rootfs", ""}}},
+			{name: "vdb", devnum: "254:16", raw: make([]byte, 4096)}},
+			wantOut: `dstack-prepare: error: DEV/nvme0n1p2 \(dstack.data_dev=/dev/nvme0n1p2\) is on nvme0n1, the disk that holds the rootfs; refusing it as the data disk\n$`},
+		{name: "rootfs disk refused", cmdline: "dstack.data_dev=/dev/vda", disks: []fakeDisk{
+			rootDisk, {name: "vdb", devnum: "254:16", raw: make([]byte, 4096)}}, rootDM: rootDM,
+			wantOut: `dstack-prepare: error: DEV/vda \(dstack.data_dev=/dev/vda\) is on vda, the disk that holds the rootfs; refusing it as the data disk\n$`},
+		{name: "other partition of the rootfs disk refused", cmdline: "dstack.rootfs_device=PARTUUID=1b0e5a3c-7d2f-4e61-9a8b-0c1d2e3f4a5b dstack.data_dev=PARTLABEL=esp", disks: []fakeDisk{
+			rootDisk, {name: "vdb", devnum: "254:16", raw: make([]byte, 4096)}}, rootDM: rootDM,
+			wantOut: `dstack-prepare: error: DEV/vda1 \(dstack.data_dev=PARTLABEL=esp\) is on vda, the disk that holds the rootfs; refusing it as the data disk\n$`},
+		{name: "dstack-data partition on the rootfs disk refused", cmdline: "dstack.rootfs_device=/dev/vdc", disks: []fakeDisk{
+			{name: "vdc", devnum: "254:32", parts: []fakePart{{"dstack-rootfs", ""}, {"dstack-data", ""}}}}, rootDM: "vdc1",
+			wantOut: `dstack-prepare: error: DEV/vdc2 \(PARTLABEL=dstack-data\) is on vdc, the disk that holds the rootfs; refusing it as the data disk\n$`},
+		{name: "verity device refused", cmdline: "dstack.data_dev=/dev/mapper/dstack-rootfs", disks: []fakeDisk{
+			rootDisk, {name: "vdb", devnum: "254:16", raw: make([]byte, 4096)}}, rootDM: rootDM,
+			wantOut: `dstack-prepare: error: DEV/mapper/dstack-rootfs \(dstack.data_dev=/dev/mapper/dstack-rootfs\) is the verified rootfs \(dstack-rootfs\); refusing it as the data disk\n$`},
+		{name: "verity dm node refused", cmdline: "dstack.data_dev=/dev/dm-0", disks: []fakeDisk{
+			rootDisk, {name: "vdb", devnum: "254:16", raw: make([]byte, 4096)}}, rootDM: rootDM,
+			wantOut: `dstack-prepare: error: DEV/dm-0 \(dstack.data_dev=/dev/dm-0\) is the verified rootfs \(dstack-rootfs\); refusing it as the data disk\n$`},
+
+		// numbers are decimal: a leading zero is refused, never octal
+		{name: "device_timeout=08", cmdline: "dstack.device_timeout=08", disks: []fakeDisk{
+			rootDisk, {name: "vdb", devnum: "254:16", rawFile: luks}}, rootDM: rootDM,
+			wantOut: `^dstack-prepare: error: dstack.device_timeout='08' is malformed: seconds expected \(0-9999, decimal, no leading zero\)\n$`},
+		{name: "device_timeout=0019", cmdline: "dstack.device_timeout=0019", disks: []fakeDisk{
+			rootDisk, {name: "vdb", devnum: "254:16", rawFile: luks}}, rootDM: rootDM,
+			wantOut: `^dstack-prepare: error: dstack.device_timeout='0019' is malformed`},
+		{name: "device_timeout=0010", cmdline: "dstack.device_timeout=0010", disks: []fakeDisk{
+			rootDisk, {name: "vdb", devnum: "254:16", rawFile: luks}}, rootDM: rootDM,
+			wantOut: `^dstack-prepare: error: dstack.device_timeout='0010' is malformed`},
+		{name: "device_timeout=0", cmdline: "dstack.device_timeout=0", disks: []fakeDisk{
+			rootDisk, {name: "vdb", devnum: "254:16", rawFile: luks}}, rootDM: rootDM,
+			wantOut:   `^dstack-prepare: data disk: DEV/vdb `,
+			wantAgent: "DEV/vdb"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ft := newFakeTree(t, tc.disks...)
-			writeFile(t, ft.cmdline, "console=ttyS0 "+tc.cmdline+"\n")
+			if tc.rootDM != "" {
+				ft.addRootDM(t, tc.rootDM)
+			}
+			timeout := "dstack.device_timeout=0 "
+			if strings.Contains(tc.cmdline, "device_timeout") {
+				timeout = ""
+			}
+			writeFile(t, ft.cmdline, "console=ttyS0 "+timeout+tc.cmdline+"\n")
 			before := snapshotDev(t, ft.dev)
-			out, agent, err := ft.runPrepare(t)
+			out, agent, agentEnv, err := ft.runPrepare(t)
 			out = strings.ReplaceAll(out, ft.dev, "DEV")
 			agent = strings.ReplaceAll(agent, ft.dev, "DEV")
-			if (err != nil) != tc.wantErr {
-				t.Fatalf("exit error %v, want error %v\n%s", err, tc.wantErr, out)
+			wantErr := tc.wantAgent == ""
+			if (err != nil) != wantErr {
+				t.Fatalf("exit error %v, want error %v\n%s", err, wantErr, out)
+			}
+			if err != nil {
+				if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 {
+					t.Errorf("exit %v, want status 1", err)
+				}
+				if n := strings.Count(out, "dstack-prepare: error: "); n != 1 {
+					t.Errorf("%d error lines, want 1:\n%s", n, out)
+				}
 			}
 			if !regexp.MustCompile(tc.wantOut).MatchString(out) {
 				t.Errorf("output\n%s\ndoes not match %q", out, tc.wantOut)
 			}
-			if agent != tc.wantAgent {
-				t.Errorf("agent called with %q, want %q", agent, tc.wantAgent)
+			wantAgent := ""
+			if tc.wantAgent != "" {
+				wantAgent = fmt.Sprintf(agentCall, tc.wantAgent)
+			}
+			if agent != wantAgent {
+				t.Errorf("agent called with %q, want %q", agent, wantAgent)
 			}
 			if after := snapshotDev(t, ft.dev); after != before {
 				t.Errorf("dstack-prepare changed the disks")
 			}
 			if tc.wantAgent != "" {
-				rec, err := os.ReadFile(filepath.Join(ft.root, "run", "data_dev"))
+				rec, err := os.ReadFile(filepath.Join(ft.root, "run", "dstack", "data_dev"))
 				if err != nil {
 					t.Fatal(err)
 				}
-				if got := strings.ReplaceAll(string(rec), ft.dev, "DEV"); !strings.Contains(tc.wantAgent, "--device "+strings.TrimSpace(got)+" ") {
-					t.Errorf("run/data_dev holds %q", got)
+				if got := strings.ReplaceAll(string(rec), ft.dev, "DEV"); got != tc.wantAgent+"\n" {
+					t.Errorf("run/dstack/data_dev holds %q, want %q", got, tc.wantAgent)
+				}
+				wantCleanEnv(t, agentEnv, "PATH="+filepath.Join(ft.root, "bin"))
+			}
+			for _, d := range tc.disks {
+				if d.rawFile != "" {
+					if got, want := fileSum(t, filepath.Join(ft.dev, d.name)), fileSum(t, d.rawFile); got != want {
+						t.Errorf("/dev/%s changed", d.name)
+					}
+					if d.rawFile == luks {
+						testutil.Run(t, "cryptsetup", "isLuks", filepath.Join(ft.dev, d.name))
+					}
 				}
 			}
 		})
 	}
 }
 
-// snapshotDev hashes every file of the fake /dev (names and contents).
-func snapshotDev(t *testing.T, dir string) string {
+// wantCleanEnv checks an environment dump (env output) holds the given PATH
+// and nothing a caller could have set: at most the variables busybox sh sets
+// itself (PWD, SHLVL).
+func wantCleanEnv(t *testing.T, dump, path string) {
 	t.Helper()
-	ents, err := os.ReadDir(dir)
+	for _, line := range strings.Split(strings.TrimSpace(dump), "\n") {
+		name, _, _ := strings.Cut(line, "=")
+		switch {
+		case line == path:
+		case name == "PWD" || name == "SHLVL" || name == "OLDPWD":
+		default:
+			t.Errorf("environment line %q (want only %s)", line, path)
+		}
+	}
+	if !strings.Contains("\n"+dump, "\n"+path+"\n") {
+		t.Errorf("environment lacks %s:\n%s", path, dump)
+	}
+}
+
+// TestPrepareIgnoresEnvironment: the environment systemd.setenv= could give
+// dstack-prepare (every former DSTACK_* override, LD_PRELOAD, PATH, IFS)
+// changes nothing: same output, same disk, and dstack-util setup gets an
+// environment holding PATH only.
+func TestPrepareIgnoresEnvironment(t *testing.T) {
+	luks := luksImage(t)
+	var outs [2]string
+	for i, hostile := range []bool{false, true} {
+		ft := newFakeTree(t,
+			fakeDisk{name: "vda", devnum: "254:0", parts: []fakePart{{"esp", ""}, {"dstack-rootfs", ""}}},
+			fakeDisk{name: "vdb", devnum: "254:16", rawFile: luks})
+		ft.addRootDM(t, "vda2")
+		writeFile(t, ft.cmdline, "console=ttyS0 dstack.device_timeout=0\n")
+		writeFile(t, filepath.Join(ft.root, "evil-cmdline"), "dstack.data_dev=/dev/vda dstack.device_timeout=0\n")
+		var env []string
+		if hostile {
+			env = hostileEnv(ft)
+		}
+		out, agent, agentEnv, err := ft.runPrepare(t, env...)
+		if err != nil {
+			t.Fatalf("hostile=%v: %v\n%s", hostile, err, out)
+		}
+		outs[i] = strings.ReplaceAll(out, ft.root, "ROOT")
+		if want := fmt.Sprintf(agentCall, filepath.Join(ft.dev, "vdb")); agent != want {
+			t.Errorf("hostile=%v: agent called with %q, want %q", hostile, agent, want)
+		}
+		wantCleanEnv(t, agentEnv, "PATH="+filepath.Join(ft.root, "bin"))
+		if fileSum(t, filepath.Join(ft.dev, "vdb")) != fileSum(t, luks) {
+			t.Errorf("hostile=%v: /dev/vdb changed", hostile)
+		}
+	}
+	if outs[0] != outs[1] {
+		t.Errorf("the environment changed the output:\nclean:\n%s\nhostile:\n%s", outs[0], outs[1])
+	}
+}
+
+// TestPrepareUsage: only no argument or --test-root DIR is accepted.
+func TestPrepareUsage(t *testing.T) {
+	bin := busybox(t)
+	script := filepath.Join(testutil.RepoRoot(t), PreparePath)
+	for _, args := range [][]string{{"--data-dev", "/dev/vda"}, {"--test-root"}, {"--env-cleared", "--test-root", "rel"}, {"--env-cleared", "x"}} {
+		out, err := exec.Command(filepath.Join(bin, "sh"), append([]string{script}, args...)...).CombinedOutput()
+		if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 2 {
+			t.Errorf("%v: exit %v, want 2\n%s", args, err, out)
+		}
+		if !strings.HasPrefix(string(out), "dstack-prepare: error: ") {
+			t.Errorf("%v: output %q", args, out)
+		}
+	}
+}
+
+func copyFile(t *testing.T, src, dst string) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	in, err := os.Open(src)
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer in.Close()
+	out, err := os.Create(dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		t.Fatal(err)
+	}
+	if err := out.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func fileSum(t *testing.T, path string) string {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		t.Fatal(err)
+	}
+	return fmt.Sprintf("%x", h.Sum(nil))
+}
+
+// snapshotDev hashes every file of the fake /dev (names and contents).
+func snapshotDev(t *testing.T, dir string) string {
+	t.Helper()
 	var b strings.Builder
-	for _, e := range ents {
-		data, err := os.ReadFile(filepath.Join(dir, e.Name()))
+	err := filepath.Walk(dir, func(p string, fi os.FileInfo, err error) error {
 		if err != nil {
-			t.Fatal(err)
+			return err
 		}
-		fmt.Fprintf(&b, "%s %d %x\n", e.Name(), len(data), data)
+		if fi.Mode().IsRegular() {
+			fmt.Fprintf(&b, "%s %d %s\n", p, fi.Size(), fileSum(t, p))
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 	return b.String()
 }

@@ -387,7 +387,7 @@ func TestBootPartUUID(t *testing.T) {
 	if got := wantBooted(t, f, out); got != "/dev/vda2" {
 		t.Errorf("data disk %s, want /dev/vda2", got)
 	}
-	if !strings.Contains(out, "dstack-prepare: data disk: /dev/vda2 (PARTLABEL=dstack-data)") {
+	if !strings.Contains(out, "dstack-prepare: data disk: /dev/vda2 (PARTLABEL=dstack-data, empty)") {
 		t.Errorf("dstack-prepare did not pick the existing dstack-data partition")
 	}
 	if sha(t, data) != dataSum {
@@ -511,6 +511,120 @@ func TestBootDeviceNeverAppears(t *testing.T) {
 	out := boot(t, bareMetal(f, f.cmdline("dstack.rootfs_device=PARTLABEL=no-such-partition", "dstack.device_timeout=3"),
 		qemu.Drive{Path: f.verity, ReadOnly: true}))
 	wantRefused(t, out, regexp.QuoteMeta("dstack.rootfs_device: device PARTLABEL=no-such-partition not found after 3s; block devices seen: ")+`.*\bvda\b.*`)
+}
+
+// 11. The kernel passes unknown NAME=VALUE words of its command line to PID 1
+// as environment and other words as arguments: an LD_PRELOAD naming a disk,
+// every former DSTACK_* override and PATH change nothing. /init re-executes
+// itself with an empty environment before veritysetup (dynamically linked
+// here) runs, and the rootfs's init and dstack-prepare inherit nothing.
+func TestBootHostileEnvironment(t *testing.T) {
+	t.Parallel()
+	f := getFixture(t)
+	data := blankDisk(t, "data.img", 64<<20)
+	decoy := filepath.Join(t.TempDir(), "decoy.img")
+	if err := os.WriteFile(decoy, bytes.Repeat([]byte("not an ELF object\n"), 1<<16), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	decoySum := sha(t, decoy)
+	out := boot(t, bareMetal(f, f.cmdline("LD_PRELOAD=/dev/vdc", "LD_LIBRARY_PATH=/dev", "PATH=/dev",
+		"DSTACK_DEVSPEC=/proc/cmdline", "DSTACK_MODULES=/proc/cmdline", "DSTACK_CMDLINE=/dev/vdc",
+		"DSTACK_SYSFS=/nonexistent", "DSTACK_DEV=/nonexistent", "DSTACK_UTIL=/bin/false", "DSTACK_RUN=/nonexistent",
+		"DSTACK_DEVICE_TIMEOUT=08", "NEWROOT=/dev", "R=/dev", "/dev/vdc"),
+		qemu.Drive{Path: f.verity, ReadOnly: true},
+		qemu.Drive{Path: data},
+		qemu.Drive{Path: decoy, ReadOnly: true}))
+	if got := wantBooted(t, f, out); got != "/dev/vdb1" {
+		t.Errorf("data disk %s, want /dev/vdb1", got)
+	}
+	for _, s := range []string{"ld.so", "LD_PRELOAD", "ERROR:", "[init] boot refused"} {
+		if strings.Contains(out, s) {
+			t.Errorf("console shows %q", s)
+		}
+	}
+	if !strings.Contains(out, "[demo] dstack-util stand-in called: setup --work-dir /var/volatile/dstack --device /dev/vdb1 --mount-point /var/volatile/dstack/persistent") {
+		t.Errorf("dstack-prepare did not hand /dev/vdb1 to dstack-util setup")
+	}
+	if sha(t, decoy) != decoySum {
+		t.Errorf("the decoy disk changed")
+	}
+}
+
+// luksDisk makes a whole-disk LUKS2 volume as upstream dstack 0.5.x's
+// dstack-util setup leaves /dev/vdb: cryptsetup luksFormat on the whole
+// disk, payload at 16 MiB, no partition table.
+func luksDisk(t *testing.T, size int64) string {
+	t.Helper()
+	testutil.Need(t, "cryptsetup")
+	img := blankDisk(t, "luks.img", size)
+	key := filepath.Join(t.TempDir(), "key")
+	if err := os.WriteFile(key, []byte("0123456789abcdef"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Run(t, "cryptsetup", "luksFormat", "--batch-mode", "--type", "luks2", "--offset", "32768",
+		"--cipher", "aes-xts-plain64", "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000",
+		"--key-file", key, img)
+	return img
+}
+
+// 12. Upgrade in place: the data disk an upstream 0.5.x image left (LUKS2 on
+// the whole /dev/vdb) is handed to dstack-util setup as /dev/vdb, unchanged.
+func TestBootUpgradeInPlaceLUKS(t *testing.T) {
+	t.Parallel()
+	f := getFixture(t)
+	data := luksDisk(t, 64<<20)
+	dataSum := sha(t, data)
+	out := boot(t, bareMetal(f, f.cmdline(), qemu.Drive{Path: f.verity, ReadOnly: true}, qemu.Drive{Path: data}))
+	if got := wantBooted(t, f, out); got != "/dev/vdb" {
+		t.Errorf("data disk %s, want /dev/vdb", got)
+	}
+	if !strings.Contains(out, "dstack-prepare: data disk: /dev/vdb (default /dev/vdb (no PARTLABEL=dstack-data partition), LUKS, used as it is)") {
+		t.Errorf("dstack-prepare did not report the whole-disk LUKS volume")
+	}
+	if !strings.Contains(out, "[demo] dstack-util stand-in called: setup --work-dir /var/volatile/dstack --device /dev/vdb --mount-point /var/volatile/dstack/persistent") {
+		t.Errorf("dstack-prepare did not hand /dev/vdb to dstack-util setup")
+	}
+	if sha(t, data) != dataSum {
+		t.Errorf("the LUKS data disk was modified")
+	}
+	testutil.Run(t, "cryptsetup", "isLuks", data)
+}
+
+// 13. A number with a leading zero (shell arithmetic would read it as octal,
+// and "08" would abort the shell): refused with an [init] line.
+func TestBootDeviceTimeoutLeadingZeroRefused(t *testing.T) {
+	t.Parallel()
+	f := getFixture(t)
+	out := boot(t, bareMetal(f, f.cmdline("dstack.device_timeout=08"), qemu.Drive{Path: f.verity, ReadOnly: true}))
+	wantRefused(t, out, regexp.QuoteMeta("dstack.device_timeout='08' is malformed: seconds expected (0-9999, decimal, no leading zero)"))
+}
+
+// 14. dstack.data_dev naming another partition of the disk that holds the
+// rootfs: dstack-prepare refuses it (the kernel's own sysfs layout: the
+// verity device's slave, the partition's parent), writes nothing, and the
+// agent is not called.
+func TestBootDataDevOnRootDiskRefused(t *testing.T) {
+	t.Parallel()
+	f := getFixture(t)
+	const guid = "7A1B2C3D-4E5F-4A6B-8C7D-9E0F1A2B3C4D"
+	img := partitionedDisk(t, f, guid, "dstack-rootfs")
+	imgSum := sha(t, img)
+	spare := blankDisk(t, "spare.img", 32<<20)
+	out := boot(t, bareMetal(f, f.cmdline("dstack.rootfs_device=PARTLABEL=dstack-rootfs", "dstack.data_dev=PARTLABEL=decoy"),
+		qemu.Drive{Path: spare},
+		qemu.Drive{Path: img, Interface: qemu.NVMe}))
+	if got := wantBooted(t, f, out); got != "(none)" {
+		t.Errorf("data disk %s, want none", got)
+	}
+	if !strings.Contains(out, "dstack-prepare: error: /dev/nvme0n1p1 (dstack.data_dev=PARTLABEL=decoy) is on nvme0n1, the disk that holds the rootfs; refusing it as the data disk") {
+		t.Errorf("dstack-prepare did not refuse the rootfs disk's partition")
+	}
+	if strings.Contains(out, "dstack-util stand-in called") {
+		t.Errorf("dstack-util setup was called")
+	}
+	if sha(t, img) != imgSum {
+		t.Errorf("the rootfs disk was modified")
+	}
 }
 
 func runCmd(name string, args ...string) (string, error) {

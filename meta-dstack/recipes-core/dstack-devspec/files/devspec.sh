@@ -21,7 +21,9 @@
 # Tools used (busybox applets or coreutils): ls sort tr sed od dd readlink (-f)
 # mknod date (+%s) sleep.
 #
-# Inputs (set before sourcing or before calling; defaults in brackets):
+# Inputs (set before sourcing or before calling; defaults in brackets). The
+# callers (/init, dstack-prepare) assign every one of them themselves: in a
+# booted system none is taken from the environment.
 #   DSTACK_SYSFS           sysfs root [/sys]; devices are read from $DSTACK_SYSFS/class/block
 #   DSTACK_DEV             device node root [/dev]; resolved paths live under it
 #   DSTACK_CMDLINE         kernel command line file [/proc/cmdline]
@@ -78,14 +80,30 @@ dstack_valid_hash() {
 	[ "${#1}" -eq 64 ]
 }
 
+# dstack_decimal VALUE MAXDIGITS: VALUE is a decimal integer written as the
+# kernel would print it: digits only, "0" or no leading zero, at most MAXDIGITS
+# digits. Shell arithmetic reads a leading 0 as octal ("010" is 8, "08" an
+# error that aborts the shell), so every number from the command line passes
+# here before any $((...)).
+dstack_decimal() {
+	case "$1" in
+	"" | *[!0-9]*) return 1 ;;
+	0) return 0 ;;
+	0*) return 1 ;;
+	esac
+	[ "${#1}" -le "$2" ]
+}
+
 # dstack_valid_size VALUE: a positive decimal integer (no sign, no leading
 # zero, at most 18 digits), multiple of 4096.
 dstack_valid_size() {
-	case "$1" in
-	*[!0-9]* | "" | 0*) return 1 ;;
-	esac
-	[ "${#1}" -le 18 ] || return 1
-	[ $(($1 % 4096)) -eq 0 ]
+	dstack_decimal "$1" 18 || return 1
+	[ "$1" != 0 ] && [ $(($1 % 4096)) -eq 0 ]
+}
+
+# dstack_valid_timeout VALUE: seconds, 0-9999, decimal (see dstack_decimal).
+dstack_valid_timeout() {
+	dstack_decimal "$1" 4
 }
 
 # dstack_valid_spec SPEC: an absolute path, PARTLABEL=NAME or PARTUUID=UUID,
@@ -360,12 +378,10 @@ dstack_resolve() {
 	DSTACK_ERR=
 	dstack_valid_spec "$1" || return 1
 	_dre_timeout=${2:-$DSTACK_DEVICE_TIMEOUT}
-	case "$_dre_timeout" in
-	"" | *[!0-9]*)
-		DSTACK_ERR="invalid device timeout '$_dre_timeout' (seconds expected)"
+	if ! dstack_valid_timeout "$_dre_timeout"; then
+		DSTACK_ERR="invalid device timeout '$_dre_timeout' (seconds expected: 0-9999, decimal, no leading zero)"
 		return 1
-		;;
-	esac
+	fi
 	_dre_deadline=$(($(date +%s) + _dre_timeout))
 	while :; do
 		dstack_find "$1"
@@ -379,6 +395,17 @@ dstack_resolve() {
 	done
 	DSTACK_ERR="device $1 not found after ${_dre_timeout}s; block devices seen: $(dstack_seen)"
 	return 1
+}
+
+# dstack_timeout_param: dstack.device_timeout from the command line, when
+# given, into DSTACK_DEVICE_TIMEOUT; returns 1 with DSTACK_ERR when malformed.
+dstack_timeout_param() {
+	dstack_cmdline_get dstack.device_timeout || return 0
+	if ! dstack_valid_timeout "$DSTACK_VALUE"; then
+		DSTACK_ERR="dstack.device_timeout='$DSTACK_VALUE' is malformed: seconds expected (0-9999, decimal, no leading zero)"
+		return 1
+	fi
+	DSTACK_DEVICE_TIMEOUT=$DSTACK_VALUE
 }
 
 # dstack_boot_params: read and check the initramfs parameters from the kernel
@@ -421,15 +448,7 @@ dstack_boot_params() {
 			return 1
 		fi
 	fi
-	if dstack_cmdline_get dstack.device_timeout; then
-		case "$DSTACK_VALUE" in
-		"" | *[!0-9]* | ?????*)
-			DSTACK_ERR="dstack.device_timeout='$DSTACK_VALUE' is malformed: seconds (0-9999) expected"
-			return 1
-			;;
-		esac
-		DSTACK_DEVICE_TIMEOUT=$DSTACK_VALUE
-	fi
+	dstack_timeout_param || return 1
 	DSTACK_ROOTFS_VERIFY=full
 	if dstack_cmdline_get dstack.rootfs_verify; then
 		case "$DSTACK_VALUE" in
