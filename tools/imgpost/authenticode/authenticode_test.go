@@ -3,8 +3,8 @@ package authenticode
 import (
 	"bytes"
 	"crypto"
-	"encoding/binary"
 	"debug/pe"
+	"encoding/binary"
 	"encoding/hex"
 	"io"
 	"os"
