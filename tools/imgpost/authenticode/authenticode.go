@@ -160,7 +160,9 @@ func fileDigest(path string, h crypto.Hash, firmware bool) ([]byte, error) {
 	return sum, nil
 }
 
-// WriteHashFile writes the SHA-256 Authenticode digest of the PE image at
+// WriteHashFile writes the SHA-256 Authenticode digest as firmware measures
+// it (FirmwareDigest; for an 8-aligned file, as imgpost's UKIs are, the same
+// as Digest) of the PE image at
 // pePath to out (atomically) as lower-case hex and a newline, the format of
 // dstack's auth_hash.txt. An empty out means pePath + HashFileSuffix. It
 // returns the hex digest.
@@ -168,7 +170,10 @@ func WriteHashFile(pePath, out string) (string, error) {
 	if out == "" {
 		out = pePath + HashFileSuffix
 	}
-	sum, err := FileDigest(pePath, crypto.SHA256)
+	if err := atomicfile.CheckNotInput(out, pePath); err != nil {
+		return "", err
+	}
+	sum, err := FileFirmwareDigest(pePath, crypto.SHA256)
 	if err != nil {
 		return "", err
 	}

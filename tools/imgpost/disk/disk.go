@@ -228,6 +228,9 @@ func roundUp(n, a int64) int64 { return (n + a - 1) / a * a }
 // BuildFile writes the disk image to out (atomically: a temporary file renamed
 // when complete) from the UKI and rootfs.img.verity files.
 func BuildFile(out, ukiPath, rootfsPath string, opts Options) (Layout, error) {
+	if err := atomicfile.CheckNotInput(out, ukiPath, rootfsPath); err != nil {
+		return Layout{}, err
+	}
 	f, err := atomicfile.Create(out, 0o644)
 	if err != nil {
 		return Layout{}, err

@@ -185,6 +185,9 @@ func Build(opts Options) (*Info, error) {
 	if err := CheckCmdline(opts.Cmdline); err != nil {
 		return nil, err
 	}
+	if err := atomicfile.CheckNotInput(opts.Out, append([]string{opts.Stub, opts.Linux, opts.OSRelease}, opts.Initrds...)...); err != nil {
+		return nil, err
+	}
 	if strings.ContainsAny(opts.Uname, "\x00\n") {
 		return nil, errors.New("uname holds a NUL or newline")
 	}
