@@ -222,3 +222,16 @@ func TestFirmwareDigest(t *testing.T) {
 		}
 	}
 }
+
+// FuzzDigest: both digests of any bytes return an error or a digest, never
+// panic or hang (issue 14: SizeOfOptionalHeader 0 used to panic).
+func FuzzDigest(f *testing.F) {
+	testutil.NeedFile(f, testutil.DebianStub, "systemd-boot-efi")
+	stub, _ := os.ReadFile(testutil.DebianStub)
+	f.Add(stub)
+	f.Add(stub[:4096])
+	f.Fuzz(func(t *testing.T, b []byte) {
+		Digest(bytes.NewReader(b), int64(len(b)), crypto.SHA256)
+		FirmwareDigest(bytes.NewReader(b), int64(len(b)), crypto.SHA384)
+	})
+}
