@@ -16,7 +16,7 @@ import (
 // few KiB instead of dist's 256 MiB ESP, so a fuzzer can mutate them.
 
 const (
-	tinySectors = 128 // 64 KiB
+	tinySectors = 32 // 16 KiB
 	tinyRsvd    = 4
 	tinyFATSz   = 1 // sector per FAT: 128 entries
 	tinyData    = tinyRsvd + 2*tinyFATSz
