@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -123,4 +124,38 @@ func FuzzNewFile(f *testing.F) {
 			}
 		}
 	})
+}
+
+// sizeOfOptionalHeader0 is the issue-14 crash input: a 512-byte PE32+
+// image header with one section and SizeOfOptionalHeader 0 (imgpost
+// authenticode and verify used to index past the optional header).
+func sizeOfOptionalHeader0() []byte {
+	b := make([]byte, 1024)
+	copy(b, "MZ")
+	binary.LittleEndian.PutUint32(b[0x3c:], 0x40)
+	copy(b[0x40:], "PE\x00\x00")
+	binary.LittleEndian.PutUint16(b[0x44:], 0x8664) // machine
+	binary.LittleEndian.PutUint16(b[0x46:], 1)      // one section
+	binary.LittleEndian.PutUint16(b[0x54:], 0)      // SizeOfOptionalHeader
+	copy(b[0x58:], ".text")
+	binary.LittleEndian.PutUint32(b[0x58+16:], 512) // raw size
+	binary.LittleEndian.PutUint32(b[0x58+20:], 512) // raw pointer
+	return b
+}
+
+func TestHostileTestdata(t *testing.T) {
+	p := filepath.Join("..", "testdata", "hostile", "pe-size-of-optional-header-0.efi")
+	b := sizeOfOptionalHeader0()
+	if os.Getenv("IMGPOST_WRITE_TESTDATA") == "1" {
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		if err := os.WriteFile(p, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got, err := os.ReadFile(p); err != nil || !bytes.Equal(got, b) {
+		t.Fatalf("%s is not what the generator makes (%v); regenerate with IMGPOST_WRITE_TESTDATA=1", p, err)
+	}
+	if _, err := NewFile(bytes.NewReader(b), int64(len(b)), "x"); err == nil || !strings.Contains(err.Error(), "SizeOfOptionalHeader") {
+		t.Fatalf("error %v", err)
+	}
 }
