@@ -5,7 +5,9 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/Dstack-TEE/meta-dstack/internal/testutil"
 )
@@ -102,4 +104,57 @@ func withArg(args []string, flag, value string) []string {
 		}
 	}
 	return out
+}
+
+// TestDistInterrupted: SIGINT (and SIGTERM) at any point of dist's work
+// leaves no temporary directory or file in the output directory, and the
+// previous run's outputs as they were.
+func TestDistInterrupted(t *testing.T) {
+	testutil.Need(t, "mksquashfs")
+	dir := t.TempDir()
+	in := testutil.MakeDistInputs(t, dir, 48<<20, 22)
+	out := filepath.Join(dir, "images")
+	args := []string{"dist", "--quiet", "--kernel", in.Kernel, "--initrd", in.Initrd, "--rootfs", in.Rootfs, "--stub", in.Stub,
+		"--dist-name", "dstack", "--version", "1", "--out-dir", out}
+	if _, se, code := runImgpostEnv(t, nil, args...); code != 0 {
+		t.Fatal(se)
+	}
+	listing := func() []string {
+		var names []string
+		filepath.WalkDir(out, func(p string, d os.DirEntry, err error) error {
+			if err == nil {
+				names = append(names, p)
+			}
+			return nil
+		})
+		return names
+	}
+	before := listing()
+	interrupted := 0
+	for i, delay := range []time.Duration{50 * time.Millisecond, 300 * time.Millisecond, 800 * time.Millisecond, 1500 * time.Millisecond} {
+		sig := []os.Signal{syscall.SIGINT, syscall.SIGTERM}[i%2]
+		cmd := exec.Command(testutil.Imgpost(t), append(args[:len(args):len(args)], "--git-revision", "x")...)
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(delay)
+		cmd.Process.Signal(sig)
+		cmd.Wait()
+		code := cmd.ProcessState.ExitCode()
+		if code == 0 {
+			t.Logf("%v: finished before the signal", delay)
+			before = listing()
+			continue
+		}
+		interrupted++
+		if want := 128 + int(sig.(syscall.Signal)); code != want {
+			t.Errorf("%v after %v: exit %d, want %d", sig, delay, code, want)
+		}
+		if got := listing(); strings.Join(got, "\n") != strings.Join(before, "\n") {
+			t.Fatalf("%v after %v: output directory now\n%s\nwas\n%s", sig, delay, strings.Join(got, "\n"), strings.Join(before, "\n"))
+		}
+	}
+	if interrupted == 0 {
+		t.Skip("every run finished before its signal (machine too fast for this test)")
+	}
 }
