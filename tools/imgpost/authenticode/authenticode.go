@@ -12,7 +12,27 @@
 // to the next multiple of 8, because signing tools pad the file so before appending the
 // certificate table (a signed copy's digest then equals the unsigned file's).
 //
-// The image is streamed: memory use does not depend on its size.
+// The image is streamed: memory use does not depend on its size. Its headers
+// are read by package pe, which checks every count, size and offset against
+// the file first.
+//
+// Two digests differ for a file whose hashed part does not end at a
+// multiple of 8: Digest pads it (osslsigncode, sbsign: a signed copy hashes
+// the same), FirmwareDigest does not (EDK2's DxeTpm2MeasureBootLib, hence
+// the TCG event log and what dstack's verifier compares). imgpost's UKIs are
+// always 8-byte aligned, so both are equal for them.
+//
+// Why not github.com/foxboron/go-uefi's authenticode package (evaluated at
+// v0.0.0-20251010190908-d29549a44f29): its Parse matches osslsigncode (for
+// the Debian stub, 83,297 bytes, it gives 32cab00c…, as Digest does) but
+// always pads, so it has no firmware value (FirmwareDigest gives 28fd6b9a…
+// for the same file, the value a TPM event log holds); it relies on
+// debug/pe alone, assumes 16 data directories when locating the
+// certificate-table entry, buffers the bytes after the sections and the
+// certificate table in memory, and panics ("bytes.Buffer: truncation out of
+// range") on an image whose certificate-table size exceeds the bytes after
+// the sections, so it fails the hostile-input rule; and it would add
+// dependencies (pkg/errors, x/crypto, x/text) outside the project's list.
 package authenticode
 
 import (
