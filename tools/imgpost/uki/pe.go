@@ -98,15 +98,6 @@ func parseStub(b []byte, name string) (*header, error) {
 	return h, nil
 }
 
-func cString(b []byte) string {
-	for i, c := range b {
-		if c == 0 {
-			return string(b[:i])
-		}
-	}
-	return string(b)
-}
-
 func alignUp(v, a uint64) uint64 { return (v + a - 1) &^ (a - 1) }
 
 // checksum computes the PE image checksum (the algorithm of Windows'
