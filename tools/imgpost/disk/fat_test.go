@@ -159,6 +159,8 @@ func TestBootFile(t *testing.T) {
 		{"non-ESP FAT partition after", []tinyPart{{TypeESP, "esp", goodTiny().img}, {"EBD0A0A2-B9E5-4433-87C0-68B6B72699C7", "data", other}}, "besides the ESP"},
 		{"two ESPs", []tinyPart{{TypeESP, "esp", goodTiny().img}, {TypeESP, "esp2", notFAT}}, "2 partitions typed"},
 		{"ESP not FAT", []tinyPart{{TypeESP, "esp", notFAT}}, "no FAT file system"},
+		{"MBR inside a partition", []tinyPart{{TypeESP, "esp", goodTiny().img}, {TypeLinux, "data", nestedMBR(notFAT)}}, "holds an MBR partition table"},
+		{"GPT inside a partition", []tinyPart{{TypeESP, "esp", goodTiny().img}, {TypeLinux, "data", noMBR(tinyDisk(tinyPart{TypeESP, "x", goodTiny().img}))}}, "holds a GPT header"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -254,3 +256,17 @@ func FuzzGPT(f *testing.F) {
 		}
 	})
 }
+
+// nestedMBR is b with an MBR whose one partition (type 0x0C, FAT32 LBA)
+// covers its second half.
+func nestedMBR(b []byte) []byte {
+	b = bytes.Clone(b)
+	e := b[446:]
+	e[4] = 0x0C
+	binary.LittleEndian.PutUint32(e[8:], uint32(len(b)/1024))
+	binary.LittleEndian.PutUint32(e[12:], uint32(len(b)/1024))
+	b[510], b[511] = 0x55, 0xAA
+	return b
+}
+
+func noMBR(b []byte) []byte { b[510], b[511] = 0, 0; return b }

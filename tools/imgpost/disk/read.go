@@ -303,6 +303,8 @@ func (d *Disk) BootFile() (*Boot, error) {
 		}
 		if LooksFAT(sec) {
 			fats = append(fats, p)
+		} else if why := nestedTable(d.r, sec, p); why != "" {
+			return nil, fmt.Errorf("%s: partition %d %q holds %s: firmware may find a FAT file system inside it", d.name, p.Index, p.Name, why)
 		}
 	}
 	if len(esps) != 1 {
@@ -326,6 +328,28 @@ func (d *Disk) BootFile() (*Boot, error) {
 		return nil, err
 	}
 	return &Boot{Partition: esp, File: f}, nil
+}
+
+// nestedTable reports a partition table inside partition p (whose first
+// sector is first): an MBR with a partition entry inside p, or a GPT header
+// at its second sector. Firmware's partition driver may look inside.
+func nestedTable(r io.ReaderAt, first []byte, p Partition) string {
+	if first[510] == 0x55 && first[511] == 0xAA {
+		for i := 0; i < 4; i++ {
+			e := first[446+16*i:]
+			start, n := int64(binary.LittleEndian.Uint32(e[8:])), int64(binary.LittleEndian.Uint32(e[12:]))
+			if e[4] != 0 && n != 0 && (start+n)*SectorSize <= p.Size {
+				return "an MBR partition table"
+			}
+		}
+	}
+	var sig [8]byte
+	if p.Size >= 2*SectorSize {
+		if _, err := r.ReadAt(sig[:], p.Offset+SectorSize); err == nil && string(sig[:]) == "EFI PART" {
+			return "a GPT header"
+		}
+	}
+	return ""
 }
 
 // rangesReaderAt reads the concatenation of extents of r.
