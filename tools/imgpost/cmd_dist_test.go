@@ -66,12 +66,20 @@ func TestDistAndVerifyCommands(t *testing.T) {
 	}
 
 	set := filepath.Join(out, "dstack-9.9")
-	so, se, code = runImgpost(t, "verify", set)
+	// verify expects dist's exact command line: told the same base (by
+	// flag or by the same variable), it passes; with the default, it does not.
+	so, se, code = runImgpost(t, "verify", "--cmdline-base", "console=ttyS0 panic=1", set)
 	if code != 0 || !strings.Contains(so, "OK") {
 		t.Fatalf("verify of a good set: exit %d\n%s%s", code, so, se)
 	}
+	if _, se, code := runImgpostEnv(t, []string{"DSTACK_CMDLINE_BASE=console=ttyS0 panic=1"}, "verify", set); code != 0 {
+		t.Fatalf("verify with DSTACK_CMDLINE_BASE: exit %d\n%s", code, se)
+	}
+	if _, se, code := runImgpost(t, "verify", set); code != 1 || !strings.Contains(se, `missing word "init=/init"`) {
+		t.Fatalf("verify with the default base: exit %d\n%s", code, se)
+	}
 	os.WriteFile(filepath.Join(set, "metadata.json"), []byte(strings.Replace(string(mj), `"shared_ro": true`, `"shared_ro": false`, 1)), 0o644)
-	_, se, code = runImgpost(t, "verify", set)
+	_, se, code = runImgpost(t, "verify", "--cmdline-base", "console=ttyS0 panic=1", set)
 	if code != 1 || !strings.Contains(se, "metadata.json") || strings.Count(strings.TrimSpace(se), "\n") != 0 {
 		t.Fatalf("verify of an edited metadata.json: exit %d, %q", code, se)
 	}
