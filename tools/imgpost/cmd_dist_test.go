@@ -142,6 +142,8 @@ func TestDistInterrupted(t *testing.T) {
 	for i, delay := range []time.Duration{50 * time.Millisecond, 300 * time.Millisecond, 800 * time.Millisecond, 1500 * time.Millisecond} {
 		sig := []os.Signal{syscall.SIGINT, syscall.SIGTERM}[i%2]
 		cmd := exec.Command(testutil.Imgpost(t), append(args[:len(args):len(args)], "--git-revision", "x")...)
+		var se strings.Builder
+		cmd.Stderr = &se
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
@@ -159,10 +161,25 @@ func TestDistInterrupted(t *testing.T) {
 			t.Errorf("%v after %v: exit %d, want %d", sig, delay, code, want)
 		}
 		if got := listing(); strings.Join(got, "\n") != strings.Join(before, "\n") {
-			t.Fatalf("%v after %v: output directory now\n%s\nwas\n%s", sig, delay, strings.Join(got, "\n"), strings.Join(before, "\n"))
+			t.Fatalf("%v after %v (exit %d): output directory changed: added %v, removed %v\nstderr: %s", sig, delay, code, minus(got, before), minus(before, got), se.String())
 		}
 	}
 	if interrupted == 0 {
 		t.Skip("every run finished before its signal (machine too fast for this test)")
 	}
+}
+
+// minus returns the elements of a not in b.
+func minus(a, b []string) []string {
+	in := map[string]bool{}
+	for _, x := range b {
+		in[x] = true
+	}
+	var out []string
+	for _, x := range a {
+		if !in[x] {
+			out = append(out, x)
+		}
+	}
+	return out
 }

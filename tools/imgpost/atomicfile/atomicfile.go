@@ -35,16 +35,17 @@ func Create(path string, perm os.FileMode) (*File, error) {
 	if !st.IsDir() {
 		return nil, fmt.Errorf("output directory %s: not a directory", dir)
 	}
-	tmp, err := os.CreateTemp(dir, "."+base+".tmp-*")
+	tmp, forget, err := createTemp(dir, "."+base+".tmp-*")
 	if err != nil {
 		return nil, fmt.Errorf("create %s: %w", path, err)
 	}
 	if err := tmp.Chmod(perm); err != nil {
 		tmp.Close()
 		os.Remove(tmp.Name())
+		forget()
 		return nil, fmt.Errorf("create %s: %w", path, err)
 	}
-	return &File{File: tmp, final: path, forget: Track(tmp.Name())}, nil
+	return &File{File: tmp, final: path, forget: forget}, nil
 }
 
 // Path is the final name the file will have after Commit.

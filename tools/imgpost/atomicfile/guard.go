@@ -25,11 +25,40 @@ func Track(path string) (forget func()) {
 	return TrackFunc(func() { os.RemoveAll(path) })
 }
 
+// MkdirTemp is os.MkdirTemp with the new directory tracked (Track) from
+// the moment it exists: a signal cannot fall between its creation and its
+// tracking.
+func MkdirTemp(dir, pattern string) (path string, forget func(), err error) {
+	trackMu.Lock()
+	defer trackMu.Unlock()
+	path, err = os.MkdirTemp(dir, pattern)
+	if err != nil {
+		return "", nil, err
+	}
+	return path, trackLocked(func() { os.RemoveAll(path) }), nil
+}
+
+// createTemp is os.CreateTemp tracked the same way.
+func createTemp(dir, pattern string) (*os.File, func(), error) {
+	trackMu.Lock()
+	defer trackMu.Unlock()
+	f, err := os.CreateTemp(dir, pattern)
+	if err != nil {
+		return nil, nil, err
+	}
+	name := f.Name()
+	return f, trackLocked(func() { os.Remove(name) }), nil
+}
+
 // TrackFunc is Track for any clean-up. On a signal, clean-ups run newest
 // first (a step registered inside a larger one is undone before it).
 func TrackFunc(f func()) (forget func()) {
 	trackMu.Lock()
 	defer trackMu.Unlock()
+	return trackLocked(f)
+}
+
+func trackLocked(f func()) (forget func()) {
 	trackID++
 	id := trackID
 	tracked[id] = f

@@ -215,19 +215,22 @@ func Run(o Options) (res *Result, err error) {
 	if err := checkInputsOutside(o, name); err != nil {
 		return nil, err
 	}
-	stage, err := os.MkdirTemp(o.OutDir, "."+name+".tmp-")
-	if err != nil {
-		return nil, fmt.Errorf("--out-dir %s: cannot write there: %w", o.OutDir, errors.Unwrap(err))
-	}
 	// Removed on return and, when the command runs CleanupOnSignal, on
 	// SIGINT/SIGTERM too (publish has restored any previous outputs by then
 	// or not yet touched them).
-	forget := atomicfile.Track(stage)
+	stage, forget, err := atomicfile.MkdirTemp(o.OutDir, "."+name+".tmp-")
+	if err != nil {
+		return nil, fmt.Errorf("--out-dir %s: cannot write there: %w", o.OutDir, errors.Unwrap(err))
+	}
 	defer forget()
 	defer os.RemoveAll(stage)
 	sdir := filepath.Join(stage, name)
-	if err := os.MkdirAll(filepath.Join(sdir, GCPDir), 0o755); err != nil {
-		return nil, err
+	// Mkdir, not MkdirAll: if a signal removed the stage meanwhile, this
+	// fails instead of creating it again.
+	for _, d := range []string{sdir, filepath.Join(sdir, GCPDir)} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			return nil, err
+		}
 	}
 	in := func(n string) string { return filepath.Join(sdir, n) }
 	// The big outputs exist from the start, their space being reserved in
