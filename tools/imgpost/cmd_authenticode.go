@@ -12,15 +12,19 @@ import (
 func init() {
 	register(command{
 		name:    "authenticode",
-		summary: "print a PE image's Authenticode digest (what UEFI firmware measures)",
+		summary: "print a PE image's Authenticode digest (what UEFI firmware measures, or --signer)",
 		run:     runAuthenticode,
 	})
 }
 
 func runAuthenticode(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("authenticode", stderr,
-		"usage: imgpost authenticode FILE [--algo sha256|sha384|sha512]")
+		"usage: imgpost authenticode FILE [--algo sha256|sha384|sha512] [--signer]",
+		"Prints HEX  firmware: the digest UEFI firmware (EDK2) measures, the bytes after the",
+		"last section unpadded; with --signer, HEX  signer: the digest signing tools",
+		"(osslsigncode) compute, padded to 8. They differ only when the size is not a multiple of 8.")
 	algo := fs.String("algo", "sha256", "digest `ALGORITHM`: sha256, sha384 or sha512")
+	signer := fs.Bool("signer", false, "print the signing tools' (osslsigncode's, padded) digest instead of the firmware's")
 	files, help, err := parseArgs(fs, args, 1)
 	if help || err != nil {
 		return err
@@ -32,10 +36,14 @@ func runAuthenticode(args []string, stdout, stderr io.Writer) error {
 	if !ok {
 		return usagef("--algo %q: want sha256, sha384 or sha512", *algo)
 	}
-	sum, err := authenticode.FileDigest(files[0], h)
+	digest, which := authenticode.FileFirmwareDigest, "firmware"
+	if *signer {
+		digest, which = authenticode.FileDigest, "signer"
+	}
+	sum, err := digest(files[0], h)
 	if err != nil {
 		return err
 	}
-	fmt.Fprintln(stdout, hex.EncodeToString(sum))
+	fmt.Fprintf(stdout, "%s  %s\n", hex.EncodeToString(sum), which)
 	return nil
 }

@@ -5,7 +5,9 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/Dstack-TEE/meta-dstack/internal/testutil"
 )
@@ -64,12 +66,20 @@ func TestDistAndVerifyCommands(t *testing.T) {
 	}
 
 	set := filepath.Join(out, "dstack-9.9")
-	so, se, code = runImgpost(t, "verify", set)
+	// verify expects dist's exact command line: told the same base (by
+	// flag or by the same variable), it passes; with the default, it does not.
+	so, se, code = runImgpost(t, "verify", "--cmdline-base", "console=ttyS0 panic=1", set)
 	if code != 0 || !strings.Contains(so, "OK") {
 		t.Fatalf("verify of a good set: exit %d\n%s%s", code, so, se)
 	}
+	if _, se, code := runImgpostEnv(t, []string{"DSTACK_CMDLINE_BASE=console=ttyS0 panic=1"}, "verify", set); code != 0 {
+		t.Fatalf("verify with DSTACK_CMDLINE_BASE: exit %d\n%s", code, se)
+	}
+	if _, se, code := runImgpost(t, "verify", set); code != 1 || !strings.Contains(se, `missing word "init=/init"`) {
+		t.Fatalf("verify with the default base: exit %d\n%s", code, se)
+	}
 	os.WriteFile(filepath.Join(set, "metadata.json"), []byte(strings.Replace(string(mj), `"shared_ro": true`, `"shared_ro": false`, 1)), 0o644)
-	_, se, code = runImgpost(t, "verify", set)
+	_, se, code = runImgpost(t, "verify", "--cmdline-base", "console=ttyS0 panic=1", set)
 	if code != 1 || !strings.Contains(se, "metadata.json") || strings.Count(strings.TrimSpace(se), "\n") != 0 {
 		t.Fatalf("verify of an edited metadata.json: exit %d, %q", code, se)
 	}
@@ -99,6 +109,76 @@ func withArg(args []string, flag, value string) []string {
 	for i := range out[:len(out)-1] {
 		if out[i] == flag {
 			out[i+1] = value
+		}
+	}
+	return out
+}
+
+// TestDistInterrupted: SIGINT (and SIGTERM) at any point of dist's work
+// leaves no temporary directory or file in the output directory, and the
+// previous run's outputs as they were.
+func TestDistInterrupted(t *testing.T) {
+	testutil.Need(t, "mksquashfs")
+	dir := t.TempDir()
+	in := testutil.MakeDistInputs(t, dir, 48<<20, 22)
+	out := filepath.Join(dir, "images")
+	args := []string{"dist", "--quiet", "--kernel", in.Kernel, "--initrd", in.Initrd, "--rootfs", in.Rootfs, "--stub", in.Stub,
+		"--dist-name", "dstack", "--version", "1", "--out-dir", out}
+	if _, se, code := runImgpostEnv(t, nil, args...); code != 0 {
+		t.Fatal(se)
+	}
+	listing := func() []string {
+		var names []string
+		filepath.WalkDir(out, func(p string, d os.DirEntry, err error) error {
+			if err == nil {
+				names = append(names, p)
+			}
+			return nil
+		})
+		return names
+	}
+	before := listing()
+	interrupted := 0
+	for i, delay := range []time.Duration{50 * time.Millisecond, 300 * time.Millisecond, 800 * time.Millisecond, 1500 * time.Millisecond} {
+		sig := []os.Signal{syscall.SIGINT, syscall.SIGTERM}[i%2]
+		cmd := exec.Command(testutil.Imgpost(t), append(args[:len(args):len(args)], "--git-revision", "x")...)
+		var se strings.Builder
+		cmd.Stderr = &se
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(delay)
+		cmd.Process.Signal(sig)
+		cmd.Wait()
+		code := cmd.ProcessState.ExitCode()
+		if code == 0 {
+			t.Logf("%v: finished before the signal", delay)
+			before = listing()
+			continue
+		}
+		interrupted++
+		if want := 128 + int(sig.(syscall.Signal)); code != want {
+			t.Errorf("%v after %v: exit %d, want %d", sig, delay, code, want)
+		}
+		if got := listing(); strings.Join(got, "\n") != strings.Join(before, "\n") {
+			t.Fatalf("%v after %v (exit %d): output directory changed: added %v, removed %v\nstderr: %s", sig, delay, code, minus(got, before), minus(before, got), se.String())
+		}
+	}
+	if interrupted == 0 {
+		t.Skip("every run finished before its signal (machine too fast for this test)")
+	}
+}
+
+// minus returns the elements of a not in b.
+func minus(a, b []string) []string {
+	in := map[string]bool{}
+	for _, x := range b {
+		in[x] = true
+	}
+	var out []string
+	for _, x := range a {
+		if !in[x] {
+			out = append(out, x)
 		}
 	}
 	return out

@@ -37,6 +37,9 @@ func runGCP(args []string, stdout, stderr io.Writer) error {
 		return usagef("--level %d: want 1-9", *level)
 	}
 	opts := gcptar.Options{Level: *level, Workers: *workers}
+	if err := atomicfile.CheckNotInput(*out, *diskPath); err != nil {
+		return err
+	}
 	start := time.Now()
 	if *uncompressed {
 		f, err := os.Open(*diskPath)

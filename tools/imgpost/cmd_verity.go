@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 
 	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/atomicfile"
 	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/sqfs"
@@ -71,10 +70,8 @@ func runVerity(args []string, stdout, stderr io.Writer) error {
 		return usagef("--uuid: %v", err)
 	}
 	if *env != "" {
-		for _, other := range []string{*data, *out} {
-			if a, b := abs(*env), abs(other); a == b {
-				return usagef("--env %s is the same file as %s", *env, other)
-			}
+		if err := atomicfile.CheckNotInput(*env, *data, *out); err != nil {
+			return usagef("--env: %v", err)
 		}
 	}
 	if !*noFS {
@@ -107,11 +104,4 @@ func runVerity(args []string, stdout, stderr io.Writer) error {
 	}
 	fmt.Fprint(stdout, text)
 	return nil
-}
-
-func abs(p string) string {
-	if a, err := filepath.Abs(p); err == nil {
-		return a
-	}
-	return p
 }

@@ -195,7 +195,7 @@ func TestVerityCommandBadInputs(t *testing.T) {
 		{"out-dir-missing", []string{"--data", sq, "--out", filepath.Join(in, "missing-dir", "x.verity")}, 1, "missing-dir"},
 		{"out-dir-read-only", []string{"--data", sq, "--out", filepath.Join(ro, "x.verity")}, 1, ro},
 		{"env-dir-missing", []string{"--data", sq, "--out", "{OUT}", "--env", filepath.Join(in, "missing-dir", "x.env")}, 1, "missing-dir"},
-		{"env-is-data", []string{"--data", sq, "--out", "{OUT}", "--env", sq}, 2, "same file"},
+		{"env-is-data", []string{"--data", sq, "--out", "{OUT}", "--env", sq}, 2, "is the input"},
 		{"salt-too-long", []string{"--data", sq, "--out", "{OUT}", "--salt", strings.Repeat("00", 257)}, 2, "at most 256"},
 		{"salt-not-hex", []string{"--data", sq, "--out", "{OUT}", "--salt", "xyz0"}, 2, "not hex"},
 		{"salt-odd", []string{"--data", sq, "--out", "{OUT}", "--salt", "abc"}, 2, "odd"},

@@ -13,6 +13,8 @@ import (
 	"io"
 	"os"
 	"sort"
+
+	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/atomicfile"
 )
 
 // command is one imgpost subcommand.
@@ -91,7 +93,10 @@ func usage(w io.Writer) {
 	fmt.Fprintln(w, "\nrun 'imgpost <command> -h' for a command's flags")
 }
 
-func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
+func main() {
+	atomicfile.CleanupOnSignal()
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
 
 // run dispatches to a subcommand and maps its error to an exit status:
 // 0 success, 1 failure, 2 bad command line.

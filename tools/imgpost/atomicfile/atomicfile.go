@@ -1,6 +1,9 @@
 // Package atomicfile writes a file under a temporary name in its final
 // directory and renames it into place only once it is complete, so a failure
-// never leaves a half-written artifact that looks finished.
+// never leaves a half-written artifact that looks finished. Temporary names
+// are tracked (Track) so that CleanupOnSignal removes them when the process
+// is interrupted, and CheckNotInput refuses an output that is one of the
+// inputs.
 package atomicfile
 
 import (
@@ -13,8 +16,9 @@ import (
 // discard it; Abort after Commit is a no-op, so `defer f.Abort()` is safe.
 type File struct {
 	*os.File
-	final string
-	done  bool
+	final  string
+	done   bool
+	forget func()
 }
 
 // Create opens a temporary file beside path (same directory, so the final
@@ -31,16 +35,17 @@ func Create(path string, perm os.FileMode) (*File, error) {
 	if !st.IsDir() {
 		return nil, fmt.Errorf("output directory %s: not a directory", dir)
 	}
-	tmp, err := os.CreateTemp(dir, "."+base+".tmp-*")
+	tmp, forget, err := createTemp(dir, "."+base+".tmp-*")
 	if err != nil {
 		return nil, fmt.Errorf("create %s: %w", path, err)
 	}
 	if err := tmp.Chmod(perm); err != nil {
 		tmp.Close()
 		os.Remove(tmp.Name())
+		forget()
 		return nil, fmt.Errorf("create %s: %w", path, err)
 	}
-	return &File{File: tmp, final: path}, nil
+	return &File{File: tmp, final: path, forget: forget}, nil
 }
 
 // Path is the final name the file will have after Commit.
@@ -52,6 +57,7 @@ func (f *File) Commit() error {
 		return fmt.Errorf("commit %s: already finished", f.final)
 	}
 	f.done = true
+	defer f.forget()
 	tmp := f.File.Name()
 	if err := f.File.Sync(); err != nil {
 		f.File.Close()
@@ -75,6 +81,7 @@ func (f *File) Abort() {
 		return
 	}
 	f.done = true
+	defer f.forget()
 	f.File.Close()
 	os.Remove(f.File.Name())
 }

@@ -12,22 +12,41 @@
 // to the next multiple of 8, because signing tools pad the file so before appending the
 // certificate table (a signed copy's digest then equals the unsigned file's).
 //
-// The image is streamed: memory use does not depend on its size.
+// The image is streamed: memory use does not depend on its size. Its headers
+// are read by package pe, which checks every count, size and offset against
+// the file first.
+//
+// Two digests differ for a file whose hashed part does not end at a
+// multiple of 8: Digest pads it (osslsigncode, sbsign: a signed copy hashes
+// the same), FirmwareDigest does not (EDK2's DxeTpm2MeasureBootLib, hence
+// the TCG event log and what dstack's verifier compares). imgpost's UKIs are
+// always 8-byte aligned, so both are equal for them.
+//
+// Why not github.com/foxboron/go-uefi's authenticode package (evaluated at
+// v0.0.0-20251010190908-d29549a44f29): its Parse matches osslsigncode (for
+// the Debian stub, 83,297 bytes, it gives 32cab00c…, as Digest does) but
+// always pads, so it has no firmware value (FirmwareDigest gives 28fd6b9a…
+// for the same file, the value a TPM event log holds); it relies on
+// debug/pe alone, assumes 16 data directories when locating the
+// certificate-table entry, buffers the bytes after the sections and the
+// certificate table in memory, and panics ("bytes.Buffer: truncation out of
+// range") on an image whose certificate-table size exceeds the bytes after
+// the sections, so it fails the hostile-input rule; and it would add
+// dependencies (pkg/errors, x/crypto, x/text) outside the project's list.
 package authenticode
 
 import (
 	"crypto"
 	_ "crypto/sha256" // register SHA-256
 	_ "crypto/sha512" // register SHA-384/512
-	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"os"
-	"sort"
 
 	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/atomicfile"
+	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/pe"
 )
 
 // HashFileSuffix is appended to a UKI's name for the file holding its
@@ -36,80 +55,48 @@ const HashFileSuffix = ".auth_hash.txt"
 
 type region struct{ off, n int64 }
 
-// layout parses the headers of the image in r and returns the regions to
-// hash, in order.
-func layout(r io.ReaderAt, size int64) ([]region, error) {
-	le := binary.LittleEndian
-	var dos [0x40]byte
-	if _, err := r.ReadAt(dos[:], 0); err != nil || string(dos[:2]) != "MZ" {
-		return nil, errors.New("not a PE image (no MZ header)")
+// layout reads the headers of the image in r (package pe, strictly) and
+// returns the regions to hash, in order, and the end of the last one. With
+// firmware set, the bytes after the sections are those EDK2 hashes: from
+// SizeOfHeaders + the sections' raw sizes to the file size minus the
+// certificate table's size; otherwise they end at the certificate table (or
+// the end of the file), as signing tools read them.
+func layout(r io.ReaderAt, size int64, firmware bool, name string) ([]region, error) {
+	f, err := pe.NewFile(r, size, name)
+	if err != nil {
+		return nil, err
 	}
-	peOff := int64(le.Uint32(dos[0x3c:]))
-	var coff [24]byte
-	if _, err := r.ReadAt(coff[:], peOff); err != nil || string(coff[:4]) != "PE\x00\x00" {
-		return nil, errors.New("not a PE image (no PE signature)")
-	}
-	nsec := int64(le.Uint16(coff[6:]))
-	optSize := int64(le.Uint16(coff[20:]))
-	optOff := peOff + 24
-	opt := make([]byte, optSize)
-	if _, err := r.ReadAt(opt, optOff); err != nil {
-		return nil, fmt.Errorf("optional header: %w", err)
-	}
-	var dirsOff int64
-	switch m := le.Uint16(opt); {
-	case m == 0x10b && optSize >= 96:
-		dirsOff = 96
-	case m == 0x20b && optSize >= 112:
-		dirsOff = 112
-	default:
-		return nil, fmt.Errorf("optional header magic 0x%x / size %d not PE32 or PE32+", m, optSize)
-	}
-	sizeOfHeaders := int64(le.Uint32(opt[60:]))
-	csOff := optOff + 64
-	nDirs := int64(le.Uint32(opt[dirsOff-4:]))
-	secTable := optOff + optSize
-	if sizeOfHeaders > size || secTable+40*nsec > sizeOfHeaders {
-		return nil, fmt.Errorf("SizeOfHeaders %d inconsistent with the section table / file size %d", sizeOfHeaders, size)
-	}
+	sizeOfHeaders := int64(f.SizeOfHeaders)
+	csOff := f.CheckSumOffset
 	regs := []region{{0, csOff}}
-	var certOff, certSize int64
-	if nDirs > 4 && dirsOff+8*5 <= optSize {
-		cdOff := optOff + dirsOff + 8*4
-		certOff = int64(le.Uint32(opt[dirsOff+32:]))
-		certSize = int64(le.Uint32(opt[dirsOff+36:]))
+	cert, hasCert := f.CertTable()
+	if len(f.DataDirectory) > 4 {
+		cdOff := f.DataDirectoryOffset + 8*4
 		regs = append(regs, region{csOff + 4, cdOff - csOff - 4}, region{cdOff + 8, sizeOfHeaders - cdOff - 8})
 	} else {
 		regs = append(regs, region{csOff + 4, sizeOfHeaders - csOff - 4})
 	}
-	if certSize != 0 && (certOff < sizeOfHeaders || certOff+certSize > size) {
-		return nil, fmt.Errorf("certificate table [%d, +%d) outside the file", certOff, certSize)
-	}
-	tab := make([]byte, 40*nsec)
-	if _, err := r.ReadAt(tab, secTable); err != nil {
-		return nil, fmt.Errorf("section table: %w", err)
-	}
-	var secs []region
-	for i := int64(0); i < nsec; i++ {
-		e := tab[40*i:]
-		n, off := int64(le.Uint32(e[16:])), int64(le.Uint32(e[20:]))
-		if n == 0 {
-			continue
-		}
-		if off+n > size {
-			return nil, fmt.Errorf("section %d raw data [%d, +%d) beyond the end of the file (%d)", i, off, n, size)
-		}
-		secs = append(secs, region{off, n})
-	}
-	sort.SliceStable(secs, func(i, j int) bool { return secs[i].off < secs[j].off })
 	hashed := sizeOfHeaders
-	for _, s := range secs {
-		regs = append(regs, s)
-		hashed += s.n
+	for _, s := range f.RawOrder() {
+		regs = append(regs, region{int64(s.PointerToRawData), int64(s.SizeOfRawData)})
+		hashed += int64(s.SizeOfRawData)
 	}
-	end := size - certSize
-	if certSize != 0 {
-		end = certOff // the table is at the end; anything after it is not hashed by signers
+	var end int64
+	switch {
+	case firmware:
+		// DxeTpm2MeasureBootLib: ImageSize - CertSize - SumOfBytesHashed,
+		// refused when negative.
+		end = size - int64(cert.Size)
+		if hashed > size {
+			return regs, nil
+		}
+		if end < hashed {
+			return nil, &pe.Error{File: f.Name, Field: "certificate table", Msg: fmt.Sprintf("size %d larger than the %d bytes after the sections", cert.Size, size-hashed)}
+		}
+	case hasCert:
+		end = int64(cert.VirtualAddress) // the table is at the end; anything after it is not hashed by signers
+	default:
+		end = size
 	}
 	if end > hashed {
 		regs = append(regs, region{hashed, end - hashed})
@@ -118,12 +105,28 @@ func layout(r io.ReaderAt, size int64) ([]region, error) {
 }
 
 // Digest returns the Authenticode digest (algorithm h: crypto.SHA256,
-// crypto.SHA384, ...) of the PE image in r, which is size bytes long.
+// crypto.SHA384, ...) of the PE image in r, which is size bytes long, as
+// signing tools (osslsigncode, sbsign) compute it: the hashed part of the
+// file is zero-padded to a multiple of 8. FirmwareDigest is what UEFI
+// firmware measures; they differ only for a file whose length (or
+// certificate table's offset) is not a multiple of 8.
 func Digest(r io.ReaderAt, size int64, h crypto.Hash) ([]byte, error) {
+	return digest(r, size, h, false, "PE image")
+}
+
+// FirmwareDigest returns the Authenticode digest of the PE image in r as
+// EDK2's DxeTpm2MeasureBootLib (MeasurePeImage) computes it for the TCG
+// event log: like Digest, but the bytes after the sections are hashed as
+// they are, without padding to 8.
+func FirmwareDigest(r io.ReaderAt, size int64, h crypto.Hash) ([]byte, error) {
+	return digest(r, size, h, true, "PE image")
+}
+
+func digest(r io.ReaderAt, size int64, h crypto.Hash, firmware bool, name string) ([]byte, error) {
 	if !h.Available() {
 		return nil, fmt.Errorf("hash %v not available", h)
 	}
-	regs, err := layout(r, size)
+	regs, err := layout(r, size, firmware, name)
 	if err != nil {
 		return nil, err
 	}
@@ -137,14 +140,24 @@ func Digest(r io.ReaderAt, size int64, h crypto.Hash) ([]byte, error) {
 		end = max(end, g.off+g.n)
 	}
 	// Signers pad the file itself (not the hashed byte count) to 8.
-	if pad := (8 - end%8) % 8; pad != 0 {
+	if pad := (8 - end%8) % 8; pad != 0 && !firmware {
 		d.Write(make([]byte, pad))
 	}
 	return d.Sum(nil), nil
 }
 
+// FileFirmwareDigest is FirmwareDigest for the file at path; errors name the
+// file.
+func FileFirmwareDigest(path string, h crypto.Hash) ([]byte, error) {
+	return fileDigest(path, h, true)
+}
+
 // FileDigest is Digest for the file at path; errors name the file.
 func FileDigest(path string, h crypto.Hash) ([]byte, error) {
+	return fileDigest(path, h, false)
+}
+
+func fileDigest(path string, h crypto.Hash, firmware bool) ([]byte, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
@@ -157,14 +170,19 @@ func FileDigest(path string, h crypto.Hash) ([]byte, error) {
 	if !st.Mode().IsRegular() {
 		return nil, fmt.Errorf("%s: not a regular file", path)
 	}
-	sum, err := Digest(f, st.Size(), h)
+	sum, err := digest(f, st.Size(), h, firmware, path)
 	if err != nil {
+		if errors.Is(err, pe.ErrFormat) {
+			return nil, err // names the file already
+		}
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	return sum, nil
 }
 
-// WriteHashFile writes the SHA-256 Authenticode digest of the PE image at
+// WriteHashFile writes the SHA-256 Authenticode digest as firmware measures
+// it (FirmwareDigest; for an 8-aligned file, as imgpost's UKIs are, the same
+// as Digest) of the PE image at
 // pePath to out (atomically) as lower-case hex and a newline, the format of
 // dstack's auth_hash.txt. An empty out means pePath + HashFileSuffix. It
 // returns the hex digest.
@@ -172,7 +190,10 @@ func WriteHashFile(pePath, out string) (string, error) {
 	if out == "" {
 		out = pePath + HashFileSuffix
 	}
-	sum, err := FileDigest(pePath, crypto.SHA256)
+	if err := atomicfile.CheckNotInput(out, pePath); err != nil {
+		return "", err
+	}
+	sum, err := FileFirmwareDigest(pePath, crypto.SHA256)
 	if err != nil {
 		return "", err
 	}

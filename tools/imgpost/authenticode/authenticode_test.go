@@ -3,8 +3,10 @@ package authenticode
 import (
 	"bytes"
 	"crypto"
+	"debug/pe"
 	"encoding/binary"
 	"encoding/hex"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -127,11 +129,11 @@ func TestBadImages(t *testing.T) {
 		data []byte
 		want string
 	}{
-		{"empty", nil, "no MZ"},
+		{"empty", nil, "not a PE image"},
 		{"text", []byte(strings.Repeat("x", 200)), "no MZ"},
-		{"no PE", mod(func(b []byte) { b[pe] = 'X' }), "no PE signature"},
+		{"no PE", mod(func(b []byte) { b[pe] = 'X' }), "signature"},
 		{"bad magic", mod(func(b []byte) { le.PutUint16(b[opt:], 0x999) }), "magic"},
-		{"section past EOF", stub[:len(stub)/2], "beyond the end"},
+		{"section past EOF", stub[:len(stub)/2], "runs past the end"},
 		{"cert table past EOF", mod(func(b []byte) {
 			le.PutUint32(b[opt+112+32:], uint32(len(b)-4))
 			le.PutUint32(b[opt+112+36:], 64)
@@ -140,10 +142,96 @@ func TestBadImages(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			_, err := Digest(bytes.NewReader(c.data), int64(len(c.data)), crypto.SHA256)
-			if err == nil || !strings.Contains(err.Error(), c.want) {
-				t.Fatalf("error %v, want %q", err, c.want)
+			for _, f := range []func(io.ReaderAt, int64, crypto.Hash) ([]byte, error){Digest, FirmwareDigest} {
+				_, err := f(bytes.NewReader(c.data), int64(len(c.data)), crypto.SHA256)
+				if err == nil || !strings.Contains(err.Error(), c.want) {
+					t.Fatalf("error %v, want %q", err, c.want)
+				}
 			}
 		})
 	}
+}
+
+// firmwareStream is EDK2's MeasurePeImage input written out by hand from
+// debug/pe's view of the file: the headers without CheckSum and the
+// certificate-table entry, the sections by file offset, then the bytes after
+// SizeOfHeaders + the sections' sizes up to the end less the certificate
+// table, with no padding.
+func firmwareStream(t *testing.T, b []byte) []byte {
+	t.Helper()
+	f, err := pe.NewFile(bytes.NewReader(b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	oh := f.OptionalHeader.(*pe.OptionalHeader64)
+	peOff := int(binary.LittleEndian.Uint32(b[0x3c:]))
+	opt := peOff + 24
+	cs, cd, hdrs := opt+64, opt+112+8*4, int(oh.SizeOfHeaders)
+	var out []byte
+	out = append(out, b[:cs]...)
+	out = append(out, b[cs+4:cd]...)
+	out = append(out, b[cd+8:hdrs]...)
+	secs := append([]*pe.Section(nil), f.Sections...)
+	for i := range secs { // insertion sort by offset
+		for j := i; j > 0 && secs[j].Offset < secs[j-1].Offset; j-- {
+			secs[j], secs[j-1] = secs[j-1], secs[j]
+		}
+	}
+	sum := hdrs
+	for _, s := range secs {
+		if s.Size == 0 {
+			continue
+		}
+		out = append(out, b[s.Offset:s.Offset+s.Size]...)
+		sum += int(s.Size)
+	}
+	end := len(b) - int(oh.DataDirectory[4].Size)
+	if end > sum {
+		out = append(out, b[sum:end]...)
+	}
+	return out
+}
+
+// TestFirmwareDigest: for files whose length is not a multiple of 8 (the
+// Debian stub, 83,297 bytes, and copies cut or grown to every residue mod 8)
+// FirmwareDigest is the hash of the unpadded stream computed by hand and
+// differs from Digest (osslsigncode's, checked by TestAgainstOsslsigncode);
+// for 8-aligned files the two agree.
+func TestFirmwareDigest(t *testing.T) {
+	testutil.NeedFile(t, testutil.DebianStub, "systemd-boot-efi")
+	stub, _ := os.ReadFile(testutil.DebianStub)
+	for extra := 0; extra < 8; extra++ {
+		b := append(bytes.Clone(stub), bytes.Repeat([]byte{0xa5}, extra)...)
+		for _, h := range []crypto.Hash{crypto.SHA256, crypto.SHA384} {
+			want := h.New()
+			want.Write(firmwareStream(t, b))
+			got, err := FirmwareDigest(bytes.NewReader(b), int64(len(b)), h)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(got, want.Sum(nil)) {
+				t.Errorf("%d bytes, %v: firmware digest %x, by hand %x", len(b), h, got, want.Sum(nil))
+			}
+			signer, err := Digest(bytes.NewReader(b), int64(len(b)), h)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if aligned := len(b)%8 == 0; aligned != bytes.Equal(signer, got) {
+				t.Errorf("%d bytes (mod 8 = %d), %v: firmware %x, signer %x", len(b), len(b)%8, h, got, signer)
+			}
+		}
+	}
+}
+
+// FuzzDigest: both digests of any bytes return an error or a digest, never
+// panic or hang (issue 14: SizeOfOptionalHeader 0 used to panic).
+func FuzzDigest(f *testing.F) {
+	testutil.NeedFile(f, testutil.DebianStub, "systemd-boot-efi")
+	stub, _ := os.ReadFile(testutil.DebianStub)
+	f.Add(stub)
+	f.Add(stub[:4096])
+	f.Fuzz(func(t *testing.T, b []byte) {
+		Digest(bytes.NewReader(b), int64(len(b)), crypto.SHA256)
+		FirmwareDigest(bytes.NewReader(b), int64(len(b)), crypto.SHA384)
+	})
 }

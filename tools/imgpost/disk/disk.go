@@ -30,6 +30,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/atomicfile"
+	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/pe"
 )
 
 // Sizes and well-known values of the layout.
@@ -227,6 +228,9 @@ func roundUp(n, a int64) int64 { return (n + a - 1) / a * a }
 // BuildFile writes the disk image to out (atomically: a temporary file renamed
 // when complete) from the UKI and rootfs.img.verity files.
 func BuildFile(out, ukiPath, rootfsPath string, opts Options) (Layout, error) {
+	if err := atomicfile.CheckNotInput(out, ukiPath, rootfsPath); err != nil {
+		return Layout{}, err
+	}
 	f, err := atomicfile.Create(out, 0o644)
 	if err != nil {
 		return Layout{}, err
@@ -323,19 +327,16 @@ func Build(dst, uki, rootfs *os.File, opts Options) (Layout, error) {
 	return l, nil
 }
 
-// checkPE refuses a UKI that is not a PE image ("MZ" then "PE\0\0" at e_lfanew).
+// checkPE refuses a UKI that is not a well-formed PE image (package pe's
+// checks: truncated, too many sections, sections or headers outside the
+// file).
 func checkPE(f *os.File) error {
-	var hdr [64]byte
-	if _, err := f.ReadAt(hdr[:], 0); err != nil {
-		return fmt.Errorf("UKI %s: not a PE image (too short)", f.Name())
+	st, err := f.Stat()
+	if err != nil {
+		return err
 	}
-	if hdr[0] != 'M' || hdr[1] != 'Z' {
-		return fmt.Errorf("UKI %s: not a PE image (no MZ header)", f.Name())
-	}
-	var sig [4]byte
-	off := int64(binary.LittleEndian.Uint32(hdr[0x3c:]))
-	if _, err := f.ReadAt(sig[:], off); err != nil || string(sig[:]) != "PE\x00\x00" {
-		return fmt.Errorf("UKI %s: not a PE image (no PE signature at %#x)", f.Name(), off)
+	if _, err := pe.NewFile(f, st.Size(), f.Name()); err != nil {
+		return fmt.Errorf("UKI: %w", err)
 	}
 	return nil
 }

@@ -7,12 +7,7 @@ import (
 	"hash/crc32"
 	"io"
 	"os"
-	"path"
-	"strings"
 	"unicode/utf16"
-
-	"github.com/diskfs/go-diskfs/filesystem/fat12"
-	"github.com/diskfs/go-diskfs/filesystem/fat32"
 )
 
 // Partition is one GPT entry as found on a disk.
@@ -108,6 +103,12 @@ func NewReader(r io.ReaderAt, size int64, name string) (*Disk, error) {
 	return d, nil
 }
 
+// Bounds on a GPT's entry array (a standard one is 128 entries of 128 bytes).
+const (
+	maxEntrySize = 1024
+	maxEntries   = 1024
+)
+
 type gptHeader struct {
 	my, alternate           uint64
 	firstUsable, lastUsable uint64
@@ -148,13 +149,19 @@ func (d *Disk) readHeader(lba uint64) (*gptHeader, error) {
 	if h.my != lba {
 		return nil, fmt.Errorf("header at LBA %d says it is at LBA %d", lba, h.my)
 	}
-	if h.entrySize < 128 || h.entrySize%8 != 0 || h.numEntries == 0 || h.numEntries > 1024 {
-		return nil, fmt.Errorf("bad entry array (%d entries of %d bytes) in header at LBA %d", h.numEntries, h.entrySize, lba)
+	// UEFI: SizeOfPartitionEntry is 128 × 2^n; bound it and the count
+	// before allocating, and check the array lies on the disk.
+	if h.entrySize < 128 || h.entrySize > maxEntrySize || h.entrySize&(h.entrySize-1) != 0 {
+		return nil, fmt.Errorf("header at LBA %d: SizeOfPartitionEntry %d: want 128 × a power of two, at most %d", lba, h.entrySize, maxEntrySize)
 	}
-	h.entries = make([]byte, int(h.numEntries)*int(h.entrySize))
-	if int64(h.entriesLBA)*SectorSize+int64(len(h.entries)) > d.Size {
-		return nil, fmt.Errorf("entry array at LBA %d runs past the end of the disk", h.entriesLBA)
+	if h.numEntries == 0 || h.numEntries > maxEntries {
+		return nil, fmt.Errorf("header at LBA %d: NumberOfPartitionEntries %d: want 1..%d", lba, h.numEntries, maxEntries)
 	}
+	arrBytes := int64(h.numEntries) * int64(h.entrySize)
+	if h.entriesLBA > uint64(d.Size/SectorSize) || int64(h.entriesLBA)*SectorSize+arrBytes > d.Size {
+		return nil, fmt.Errorf("header at LBA %d: PartitionEntryLBA %d: the entry array (%d bytes) runs past the end of the disk", lba, h.entriesLBA, arrBytes)
+	}
+	h.entries = make([]byte, arrBytes)
 	if _, err := d.r.ReadAt(h.entries, int64(h.entriesLBA)*SectorSize); err != nil {
 		return nil, fmt.Errorf("read entry array at LBA %d: %w", h.entriesLBA, err)
 	}
@@ -243,57 +250,106 @@ func (d *Disk) PartitionReader(p Partition) *io.SectionReader {
 	return io.NewSectionReader(d.r, p.Offset, p.Size)
 }
 
-// OpenESPFile finds file p (e.g. BootPath) on the ESP's FAT filesystem and
-// returns a reader over its content (random access; Size() is the file size).
-// The content is read lazily from the disk, following the cluster chain.
+// OpenESPFile finds file p (e.g. BootPath) on the FAT32 file system of the
+// ESP (the first partition of type TypeESP) as firmware would (any case,
+// long or short name), refusing colliding names and unsound cluster chains
+// on the way, and returns a reader over its content (random access; Size()
+// is the file size), read lazily from the disk.
 func (d *Disk) OpenESPFile(p string) (*io.SectionReader, error) {
 	esp, err := d.ESP()
 	if err != nil {
 		return nil, err
 	}
-	fsys, err := fat32.Read(&readerBackend{r: d.r, size: d.Size, name: d.name}, esp.Size, esp.Offset, SectorSize)
+	v, err := OpenFAT(d.PartitionReader(esp), esp.Size, fmt.Sprintf("%s: ESP (partition %d)", d.name, esp.Index))
 	if err != nil {
-		return nil, fmt.Errorf("%s: ESP: not a readable FAT32: %w", d.name, err)
+		return nil, err
 	}
-	p = "/" + strings.TrimPrefix(path.Clean("/"+p), "/")
-	ff, err := fsys.OpenFile(p, os.O_RDONLY)
-	if err != nil {
-		return nil, fmt.Errorf("%s: ESP: %s: %w", d.name, p, err)
+	return v.Open(p)
+}
+
+// Boot is the one boot path of a disk: the partition firmware boots from
+// and its EFI/BOOT/BOOTX64.EFI.
+type Boot struct {
+	Partition Partition
+	File      *io.SectionReader // BOOTX64.EFI's content
+}
+
+// BootFile checks that the disk has exactly one boot path for UEFI
+// firmware's removable-media boot and returns it. Firmware looks for
+// \EFI\BOOT\BOOTX64.EFI on every FAT file system it finds, whatever the
+// partition's type GUID, in partition order; so every partition (and the
+// whole disk's first sector) is probed for a FAT boot sector, and the disk
+// passes only when the single FAT file system is the single partition typed
+// as an ESP and holds exactly one file by that name (any case, long or 8.3
+// name, in directories without colliding names).
+func (d *Disk) BootFile() (*Boot, error) {
+	sec := make([]byte, SectorSize)
+	if _, err := d.r.ReadAt(sec, 0); err != nil {
+		return nil, fmt.Errorf("%s: read LBA 0: %w", d.name, err)
 	}
-	file, ok := ff.(*fat12.File)
-	if !ok {
-		return nil, fmt.Errorf("%s: ESP: %s: unexpected file type %T", d.name, p, ff)
+	if LooksFAT(sec) {
+		return nil, fmt.Errorf("%s: LBA 0 (the protective MBR) is also a FAT boot sector: firmware may boot the whole disk as a FAT volume", d.name)
 	}
-	st, err := file.Stat()
-	if err != nil {
-		return nil, fmt.Errorf("%s: ESP: %s: %w", d.name, p, err)
-	}
-	if st.IsDir() {
-		return nil, fmt.Errorf("%s: ESP: %s is a directory", d.name, p)
-	}
-	size := st.Size()
-	ranges, err := file.GetDiskRanges()
-	if err != nil {
-		return nil, fmt.Errorf("%s: ESP: %s: %w", d.name, p, err)
-	}
-	ra := &rangesReaderAt{r: d.r}
-	left := size
-	for _, r := range ranges {
-		if left <= 0 {
-			break
+	var fats, esps []Partition
+	for _, p := range d.Partitions {
+		if p.Type == TypeESP {
+			esps = append(esps, p)
 		}
-		n := min(int64(r.Length), left)
-		off := esp.Offset + int64(r.Offset)
-		if off+n > esp.Offset+esp.Size {
-			return nil, fmt.Errorf("%s: ESP: %s: cluster chain runs past the partition", d.name, p)
+		if p.Size < SectorSize || p.Offset+SectorSize > d.Size {
+			continue
 		}
-		ra.ranges = append(ra.ranges, Extent{Offset: off, Size: n})
-		left -= n
+		if _, err := d.r.ReadAt(sec, p.Offset); err != nil {
+			return nil, fmt.Errorf("%s: partition %d: read first sector: %w", d.name, p.Index, err)
+		}
+		if LooksFAT(sec) {
+			fats = append(fats, p)
+		} else if why := nestedTable(d.r, sec, p); why != "" {
+			return nil, fmt.Errorf("%s: partition %d %q holds %s: firmware may find a FAT file system inside it", d.name, p.Index, p.Name, why)
+		}
 	}
-	if left > 0 {
-		return nil, fmt.Errorf("%s: ESP: %s: cluster chain shorter than the file size %d", d.name, p, size)
+	if len(esps) != 1 {
+		return nil, fmt.Errorf("%s: %d partitions typed as an EFI System Partition, want exactly one", d.name, len(esps))
 	}
-	return io.NewSectionReader(ra, 0, size), nil
+	esp := esps[0]
+	for _, p := range fats {
+		if p.Index != esp.Index {
+			return nil, fmt.Errorf("%s: partition %d %q (type %s) holds a FAT file system besides the ESP (partition %d): firmware may boot from it", d.name, p.Index, p.Name, p.Type, esp.Index)
+		}
+	}
+	if len(fats) != 1 {
+		return nil, fmt.Errorf("%s: the ESP (partition %d) holds no FAT file system", d.name, esp.Index)
+	}
+	v, err := OpenFAT(d.PartitionReader(esp), esp.Size, fmt.Sprintf("%s: ESP (partition %d)", d.name, esp.Index))
+	if err != nil {
+		return nil, err
+	}
+	f, err := v.Open(BootPath)
+	if err != nil {
+		return nil, err
+	}
+	return &Boot{Partition: esp, File: f}, nil
+}
+
+// nestedTable reports a partition table inside partition p (whose first
+// sector is first): an MBR with a partition entry inside p, or a GPT header
+// at its second sector. Firmware's partition driver may look inside.
+func nestedTable(r io.ReaderAt, first []byte, p Partition) string {
+	if first[510] == 0x55 && first[511] == 0xAA {
+		for i := 0; i < 4; i++ {
+			e := first[446+16*i:]
+			start, n := int64(binary.LittleEndian.Uint32(e[8:])), int64(binary.LittleEndian.Uint32(e[12:]))
+			if e[4] != 0 && n != 0 && (start+n)*SectorSize <= p.Size {
+				return "an MBR partition table"
+			}
+		}
+	}
+	var sig [8]byte
+	if p.Size >= 2*SectorSize {
+		if _, err := r.ReadAt(sig[:], p.Offset+SectorSize); err == nil && string(sig[:]) == "EFI PART" {
+			return "a GPT header"
+		}
+	}
+	return ""
 }
 
 // rangesReaderAt reads the concatenation of extents of r.

@@ -1,9 +1,7 @@
 package disk
 
 import (
-	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 
@@ -148,43 +146,3 @@ func (s *sparseBackend) Close() error                            { return s.flus
 func (s *sparseBackend) Sys() (*os.File, error)                  { return nil, backend.ErrNotSuitable }
 func (s *sparseBackend) Writable() (backend.WritableFile, error) { return s, nil }
 func (s *sparseBackend) Path() string                            { return s.f.Name() }
-
-// readerBackend is a read-only go-diskfs storage over an io.ReaderAt.
-type readerBackend struct {
-	r    io.ReaderAt
-	size int64
-	name string
-	pos  int64
-}
-
-var _ backend.Storage = (*readerBackend)(nil)
-
-var errReadOnly = errors.New("disk opened read-only")
-
-func (r *readerBackend) ReadAt(p []byte, off int64) (int, error) { return r.r.ReadAt(p, off) }
-func (r *readerBackend) Read(p []byte) (int, error) {
-	n, err := r.r.ReadAt(p, r.pos)
-	r.pos += int64(n)
-	return n, err
-}
-func (r *readerBackend) Seek(offset int64, whence int) (int64, error) {
-	switch whence {
-	case io.SeekStart:
-	case io.SeekCurrent:
-		offset += r.pos
-	case io.SeekEnd:
-		offset += r.size
-	default:
-		return 0, fmt.Errorf("seek: bad whence %d", whence)
-	}
-	if offset < 0 {
-		return 0, fmt.Errorf("seek: negative offset")
-	}
-	r.pos = offset
-	return offset, nil
-}
-func (r *readerBackend) Stat() (fs.FileInfo, error)              { return nil, errors.New("stat: not supported") }
-func (r *readerBackend) Close() error                            { return nil }
-func (r *readerBackend) Sys() (*os.File, error)                  { return nil, backend.ErrNotSuitable }
-func (r *readerBackend) Writable() (backend.WritableFile, error) { return nil, errReadOnly }
-func (r *readerBackend) Path() string                            { return r.name }

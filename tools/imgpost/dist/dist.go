@@ -25,6 +25,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/atomicfile"
@@ -120,9 +121,17 @@ var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._+-]*$`)
 
 // Cmdlines returns the bare-metal and UKI command lines for a verity image.
 func Cmdlines(base string, info *verity.Info, extra []string) (bare, ukiCmd string) {
+	return CmdlinesFor(base, info.RootHashHex(), info.DataSize(), extra)
+}
+
+// CmdlinesFor is Cmdlines for a root hash (lower-case hex) and data size:
+// the words of base, coherent_pool, dstack.rootfs_hash and
+// dstack.rootfs_size, each separated by one space; the UKI's adds
+// RootfsDeviceArg and extra. verify expects exactly these.
+func CmdlinesFor(base, rootHash string, size int64, extra []string) (bare, ukiCmd string) {
 	args := append(strings.Fields(base), CoherentPool,
-		"dstack.rootfs_hash="+info.RootHashHex(),
-		fmt.Sprintf("dstack.rootfs_size=%d", info.DataSize()))
+		"dstack.rootfs_hash="+rootHash,
+		fmt.Sprintf("dstack.rootfs_size=%d", size))
 	bare = strings.Join(args, " ")
 	ukiArgs := append(append(args, RootfsDeviceArg), extra...)
 	return bare, strings.Join(ukiArgs, " ")
@@ -203,14 +212,25 @@ func Run(o Options) (res *Result, err error) {
 	if err := os.MkdirAll(o.OutDir, 0o755); err != nil {
 		return nil, fmt.Errorf("--out-dir: %w", err)
 	}
-	stage, err := os.MkdirTemp(o.OutDir, "."+name+".tmp-")
+	if err := checkInputsOutside(o, name); err != nil {
+		return nil, err
+	}
+	// Removed on return and, when the command runs CleanupOnSignal, on
+	// SIGINT/SIGTERM too (publish has restored any previous outputs by then
+	// or not yet touched them).
+	stage, forget, err := atomicfile.MkdirTemp(o.OutDir, "."+name+".tmp-")
 	if err != nil {
 		return nil, fmt.Errorf("--out-dir %s: cannot write there: %w", o.OutDir, errors.Unwrap(err))
 	}
+	defer forget()
 	defer os.RemoveAll(stage)
 	sdir := filepath.Join(stage, name)
-	if err := os.MkdirAll(filepath.Join(sdir, GCPDir), 0o755); err != nil {
-		return nil, err
+	// Mkdir, not MkdirAll: if a signal removed the stage meanwhile, this
+	// fails instead of creating it again.
+	for _, d := range []string{sdir, filepath.Join(sdir, GCPDir)} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			return nil, err
+		}
 	}
 	in := func(n string) string { return filepath.Join(sdir, n) }
 	// The big outputs exist from the start, their space being reserved in
@@ -432,27 +452,50 @@ func osRelease(o Options) string {
 		o.DistName, o.Version, o.DistName+" "+o.Version, o.Flavor)
 }
 
-// publish renames the staged outputs to their final names: the previous
-// <name>/ directory (if any) is moved aside and removed only after the new
-// one is in place; stale tarballs of a skipped kind are removed.
+// rename is os.Rename; tests replace it to make a publish step fail.
+var rename = os.Rename
+
+// publish renames the staged outputs to their final names. Whatever already
+// has one of those names (the previous <name>/ directory and tarballs) is
+// first moved aside into the stage and removed with it only after every
+// new output is in place; if a rename fails, the new outputs already moved
+// are removed and the previous ones put back, so a failed publish leaves
+// what was there before. Stale tarballs of a skipped kind are removed.
 func publish(stage, outDir string, finals []string, name string, noGCP, noTar bool) error {
-	old := filepath.Join(stage, ".previous")
-	final := filepath.Join(outDir, name)
-	if _, err := os.Lstat(final); err == nil {
-		if err := os.Rename(final, old); err != nil {
-			return fmt.Errorf("publish: move the previous %s aside: %w", final, err)
-		}
-	}
+	type moved struct{ final, aside string }
+	var aside []moved
 	var done []string
-	for _, f := range finals {
-		if err := os.Rename(filepath.Join(stage, f), filepath.Join(outDir, f)); err != nil {
-			for _, d := range done {
-				os.RemoveAll(filepath.Join(outDir, d))
+	var mu sync.Mutex // one step at a time, or the signal handler's undo
+	undo := func() {
+		for _, d := range done {
+			os.RemoveAll(filepath.Join(outDir, d))
+		}
+		for i := len(aside) - 1; i >= 0; i-- {
+			os.Rename(aside[i].aside, aside[i].final)
+		}
+		done, aside = nil, nil
+	}
+	// Interrupted half-way: put the previous outputs back before the
+	// stage (holding them) is removed.
+	forget := atomicfile.TrackFunc(func() { mu.Lock(); undo() })
+	defer forget()
+	mu.Lock()
+	defer mu.Unlock()
+	for i, f := range finals {
+		mu.Unlock()
+		mu.Lock()
+		final := filepath.Join(outDir, f)
+		if _, err := os.Lstat(final); err == nil {
+			a := filepath.Join(stage, fmt.Sprintf(".previous-%d", i))
+			if err := rename(final, a); err != nil {
+				undo()
+				return fmt.Errorf("publish: move the previous %s aside: %w", final, err)
 			}
-			if _, e := os.Lstat(old); e == nil {
-				os.Rename(old, final)
-			}
-			return fmt.Errorf("publish %s: %w", filepath.Join(outDir, f), err)
+			aside = append(aside, moved{final, a})
+		}
+		if err := rename(filepath.Join(stage, f), final); err != nil {
+			undo()
+			return fmt.Errorf("publish %s: %w", final, err)
 		}
 		done = append(done, f)
 	}
@@ -461,6 +504,49 @@ func publish(stage, outDir string, finals []string, name string, noGCP, noTar bo
 	}
 	if noTar {
 		os.Remove(filepath.Join(outDir, name+".tar.gz"))
+	}
+	return nil
+}
+
+// checkInputsOutside refuses inputs that the outputs would replace: an
+// input that is (or links to) one of the final tarballs, or a file in the
+// final <name>/ directory (which publish replaces).
+func checkInputsOutside(o Options, name string) error {
+	inputs := []string{o.Kernel, o.Initrd, o.Rootfs, o.Stub, o.OVMF}
+	for _, f := range []string{name + ".tar.gz", name + "-gcp.tar.gz"} {
+		if err := atomicfile.CheckNotInput(filepath.Join(o.OutDir, f), inputs...); err != nil {
+			return err
+		}
+	}
+	final := filepath.Join(o.OutDir, name)
+	fd, err := filepath.EvalSymlinks(final)
+	if err != nil {
+		return nil // no previous output directory
+	}
+	fd, _ = filepath.Abs(fd)
+	var existing []string
+	filepath.WalkDir(fd, func(p string, d os.DirEntry, err error) error {
+		if err == nil && d.Type().IsRegular() {
+			existing = append(existing, p)
+		}
+		return nil
+	})
+	for _, in := range inputs {
+		if in == "" {
+			continue
+		}
+		r, err := filepath.EvalSymlinks(in)
+		if err != nil {
+			continue
+		}
+		if r, _ = filepath.Abs(r); strings.HasPrefix(r, fd+string(filepath.Separator)) {
+			return fmt.Errorf("input %s is inside the output directory %s, which dist replaces", in, final)
+		}
+		for _, e := range existing {
+			if err := atomicfile.CheckNotInput(e, in); err != nil {
+				return fmt.Errorf("input %s is a file of the output directory %s, which dist replaces (%v)", in, final, err)
+			}
+		}
 	}
 	return nil
 }

@@ -302,6 +302,9 @@ func TestDistBadInputs(t *testing.T) {
 	os.WriteFile(notSq, bytes.Repeat([]byte("text "), 2000), 0o644)
 	notPE := filepath.Join(dir, "stub.txt")
 	os.WriteFile(notPE, bytes.Repeat([]byte("MZ not really a PE "), 200), 0o644)
+	kb, _ := os.ReadFile(in.Kernel)
+	truncK := filepath.Join(dir, "truncated-bzImage")
+	os.WriteFile(truncK, kb[:len(kb)/2], 0o644)
 	// A directory nobody can create files in: root ignores permission bits, so
 	// as root use /sys (read-only to everyone).
 	roParent := filepath.Join(dir, "ro")
@@ -320,6 +323,7 @@ func TestDistBadInputs(t *testing.T) {
 		{"rootfs-not-squashfs", func(o *Options) { o.Rootfs = notSq }, "not a squashfs"},
 		{"stub-not-pe", func(o *Options) { o.Stub = notPE }, "--stub"},
 		{"kernel-not-pe", func(o *Options) { o.Kernel = notPE }, "--kernel"},
+		{"kernel-truncated", func(o *Options) { o.Kernel = truncK }, "truncated-bzImage: PE section"},
 		{"bad-flavor", func(o *Options) { o.Flavor = "staging" }, "--flavor"},
 		{"bad-name", func(o *Options) { o.DistName = "a/b" }, "--dist-name"},
 		{"bad-extra", func(o *Options) { o.GCPCmdlineExtra = []string{"a b"} }, "--gcp-cmdline-extra"},

@@ -6,7 +6,9 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io"
 	"strings"
+	"unicode/utf8"
 )
 
 // Metadata is metadata.json, the file dstack's VMM reads to boot the
@@ -45,24 +47,101 @@ func (m *Metadata) JSON() []byte {
 	return b.Bytes()
 }
 
-// ParseMetadata reads metadata.json strictly: every key present, no unknown key.
+// metadataKeys are metadata.json's keys, exactly as written; true for the
+// booleans.
+var metadataKeys = map[string]bool{
+	"bios": false, "kernel": false, "cmdline": false, "initrd": false, "rootfs": false,
+	"version": false, "git_revision": false, "shared_ro": true, "is_dev": true,
+}
+
+// ParseMetadata reads metadata.json strictly, so that every JSON reader sees
+// the same thing: valid UTF-8, one object, each key exactly as dist writes it
+// (encoding/json's case-insensitive matching does not apply), none twice,
+// none unknown, none missing, strings and booleans of the right type, nothing
+// after the object; and the file names (bios when set, kernel, initrd,
+// rootfs) plain names inside the directory.
 func ParseMetadata(b []byte) (*Metadata, error) {
-	var raw map[string]json.RawMessage
-	if err := json.Unmarshal(b, &raw); err != nil {
-		return nil, fmt.Errorf("metadata.json: %w", err)
+	bad := func(format string, a ...any) error {
+		return fmt.Errorf("%s: %s", MetadataName, fmt.Sprintf(format, a...))
 	}
-	for _, k := range []string{"bios", "kernel", "cmdline", "initrd", "rootfs", "version", "git_revision", "shared_ro", "is_dev"} {
-		if _, ok := raw[k]; !ok {
-			return nil, fmt.Errorf("metadata.json: key %q missing", k)
-		}
+	if !utf8.Valid(b) {
+		return nil, bad("not valid UTF-8")
 	}
 	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
+	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
+		return nil, bad("not a JSON object")
+	}
 	var m Metadata
-	if err := dec.Decode(&m); err != nil {
-		return nil, fmt.Errorf("metadata.json: %w", err)
+	strs := map[string]*string{"bios": &m.BIOS, "kernel": &m.Kernel, "cmdline": &m.Cmdline, "initrd": &m.Initrd,
+		"rootfs": &m.Rootfs, "version": &m.Version, "git_revision": &m.GitRevision}
+	bools := map[string]*bool{"shared_ro": &m.SharedRO, "is_dev": &m.IsDev}
+	seen := map[string]bool{}
+	for dec.More() {
+		t, err := dec.Token()
+		if err != nil {
+			return nil, bad("%v", err)
+		}
+		k, _ := t.(string)
+		isBool, known := metadataKeys[k]
+		switch {
+		case !known:
+			return nil, bad("unknown key %q (keys are matched exactly, case included)", k)
+		case seen[k]:
+			return nil, bad("key %q appears twice", k)
+		}
+		seen[k] = true
+		v, err := dec.Token()
+		if err != nil {
+			return nil, bad("key %q: %v", k, err)
+		}
+		if isBool {
+			bv, ok := v.(bool)
+			if !ok {
+				return nil, bad("key %q: want true or false", k)
+			}
+			*bools[k] = bv
+		} else {
+			sv, ok := v.(string)
+			if !ok {
+				return nil, bad("key %q: want a string", k)
+			}
+			*strs[k] = sv
+		}
+	}
+	if t, err := dec.Token(); err != nil || t != json.Delim('}') {
+		return nil, bad("object not closed")
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, bad("data after the object")
+	}
+	for _, k := range []string{"bios", "kernel", "cmdline", "initrd", "rootfs", "version", "git_revision", "shared_ro", "is_dev"} {
+		if !seen[k] {
+			return nil, bad("key %q missing", k)
+		}
+	}
+	for _, f := range []struct{ key, v string }{{"kernel", m.Kernel}, {"initrd", m.Initrd}, {"rootfs", m.Rootfs}, {"bios", m.BIOS}} {
+		if f.key == "bios" && f.v == "" {
+			continue
+		}
+		if err := PlainName(f.v); err != nil {
+			return nil, bad("%s: %v", f.key, err)
+		}
 	}
 	return &m, nil
+}
+
+// PlainName reports why name is not a plain file name inside a directory
+// (empty, ".", "..", a slash or backslash, a control character), or nil.
+func PlainName(name string) error {
+	switch {
+	case name == "" || name == "." || name == "..":
+		return fmt.Errorf("%q is not a file name", name)
+	case strings.ContainsAny(name, "/\\"):
+		return fmt.Errorf("%q is not a plain file name in the directory", name)
+	case strings.IndexFunc(name, func(r rune) bool { return r < 0x20 || r == 0x7f || r == utf8.RuneError }) >= 0:
+		return fmt.Errorf("%q holds a control character", name)
+	}
+	return nil
 }
 
 // SumEntry is one line of sha256sum.txt.
@@ -80,21 +159,35 @@ func SHA256SumText(entries []SumEntry) []byte {
 	return b.Bytes()
 }
 
-// ParseSHA256Sum parses sha256sum(1) text output (text or binary mode marker).
+// ParseSHA256Sum parses sha256sum(1) text output (text or binary mode
+// marker) strictly: every line "HASH  NAME" or "HASH *NAME" ending in a
+// newline, 64 hex digits, NAME a plain name (PlainName; sha256sum's
+// backslash-escaped names are refused), no name twice.
 func ParseSHA256Sum(b []byte) ([]SumEntry, error) {
+	if len(b) == 0 || b[len(b)-1] != '\n' {
+		return nil, fmt.Errorf("%s: empty or not ending in a newline", SumName)
+	}
+	if !utf8.Valid(b) {
+		return nil, fmt.Errorf("%s: not valid UTF-8", SumName)
+	}
 	var out []SumEntry
-	for i, line := range strings.Split(strings.TrimRight(string(b), "\n"), "\n") {
+	seen := map[string]bool{}
+	for i, line := range strings.Split(string(b[:len(b)-1]), "\n") {
 		h, name, ok := strings.Cut(line, " ")
 		if !ok || len(h) != 64 || (!strings.HasPrefix(name, " ") && !strings.HasPrefix(name, "*")) {
-			return nil, fmt.Errorf("sha256sum.txt line %d: %q is not \"HASH  NAME\"", i+1, line)
+			return nil, fmt.Errorf("%s line %d: %q is not \"HASH  NAME\"", SumName, i+1, line)
 		}
 		if _, err := hex.DecodeString(h); err != nil {
-			return nil, fmt.Errorf("sha256sum.txt line %d: %q is not a sha256", i+1, h)
+			return nil, fmt.Errorf("%s line %d: %q is not a sha256", SumName, i+1, h)
 		}
 		name = name[1:]
-		if name == "" || strings.Contains(name, "/") {
-			return nil, fmt.Errorf("sha256sum.txt line %d: bad file name %q", i+1, name)
+		if err := PlainName(name); err != nil {
+			return nil, fmt.Errorf("%s line %d: %v", SumName, i+1, err)
 		}
+		if seen[name] {
+			return nil, fmt.Errorf("%s line %d: %s listed twice", SumName, i+1, name)
+		}
+		seen[name] = true
 		out = append(out, SumEntry{SHA256: strings.ToLower(h), Name: name})
 	}
 	return out, nil

@@ -148,6 +148,9 @@ func (o *Options) mtime() (int64, error) {
 // WriteFile writes the archive of the disk image at diskPath to out,
 // atomically (temporary name, renamed when complete).
 func WriteFile(out, diskPath string, opts Options) (Result, error) {
+	if err := atomicfile.CheckNotInput(out, diskPath); err != nil {
+		return Result{}, err
+	}
 	f, err := os.Open(diskPath)
 	if err != nil {
 		return Result{}, err

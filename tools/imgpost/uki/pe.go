@@ -1,18 +1,19 @@
 package uki
 
 import (
+	"bytes"
 	"encoding/binary"
 	"fmt"
+
+	imgpe "github.com/Dstack-TEE/meta-dstack/tools/imgpost/pe"
 )
 
 // PE/COFF constants used here.
 const (
 	machineAMD64      = 0x8664
-	magicPE32         = 0x10b
 	magicPE32Plus     = 0x20b
 	subsystemEFIApp   = 10
 	sectionHeaderSize = 40
-	dirSecurity       = 4
 	// IMAGE_SCN_CNT_INITIALIZED_DATA | IMAGE_SCN_MEM_READ, as ukify marks
 	// the sections it adds.
 	dataReadOnly = 0x40000040
@@ -44,88 +45,57 @@ type rawSection struct {
 // Offsets inside the PE32+ optional header.
 const (
 	optSizeOfInitData = 8
-	optSectionAlign   = 32
-	optFileAlign      = 36
 	optSizeOfImage    = 56
+	optSubsystem      = 68
+	optDataDirs       = 112
+	magicPE32         = 0x10b
+	dirSecurity       = 4
 	optSizeOfHeaders  = 60
 	optCheckSum       = 64
-	optSubsystem      = 68
-	optNumRvaSizes    = 108
-	optDataDirs       = 112
 )
 
-// parseStub checks that b is a PE32+ x86-64 EFI application and returns its
-// header layout. name is used in errors.
+// parseStub checks that b is a PE32+ x86-64 EFI application (read by the
+// strict reader, package pe) and returns its header layout. name is used in
+// errors.
 func parseStub(b []byte, name string) (*header, error) {
+	f, err := imgpe.NewFile(bytes.NewReader(b), int64(len(b)), name)
+	if err != nil {
+		return nil, fmt.Errorf("stub: %w", err)
+	}
 	bad := func(format string, a ...any) error {
 		return fmt.Errorf("stub %s: %s", name, fmt.Sprintf(format, a...))
 	}
-	if len(b) < 0x40 || string(b[:2]) != "MZ" {
-		return nil, bad("not a PE file (no MZ header)")
-	}
-	h := &header{}
-	h.peOff = int(binary.LittleEndian.Uint32(b[0x3c:]))
-	if h.peOff < 0x40 || h.peOff+24 > len(b) || string(b[h.peOff:h.peOff+4]) != "PE\x00\x00" {
-		return nil, bad("not a PE file (no PE signature)")
-	}
-	h.coffOff = h.peOff + 4
-	le := binary.LittleEndian
-	if m := le.Uint16(b[h.coffOff:]); m != machineAMD64 {
+	if m := f.FileHeader.Machine; m != machineAMD64 {
 		return nil, bad("machine 0x%04x, want x86-64 (0x8664)", m)
 	}
-	h.numSections = int(le.Uint16(b[h.coffOff+2:]))
-	h.symTablePtr = le.Uint32(b[h.coffOff+8:])
-	optSize := int(le.Uint16(b[h.coffOff+16:]))
-	h.optOff = h.coffOff + 20
-	if optSize < optDataDirs || h.optOff+optSize > len(b) {
-		return nil, bad("optional header too small (%d bytes)", optSize)
+	if f.Magic != magicPE32Plus {
+		return nil, bad("optional header magic 0x%03x, want PE32+ (0x20b)", f.Magic)
 	}
-	if mg := le.Uint16(b[h.optOff:]); mg != magicPE32Plus {
-		return nil, bad("optional header magic 0x%03x, want PE32+ (0x20b)", mg)
+	if f.Subsystem != subsystemEFIApp {
+		return nil, bad("subsystem %d, want EFI application (10)", f.Subsystem)
 	}
-	if ss := le.Uint16(b[h.optOff+optSubsystem:]); ss != subsystemEFIApp {
-		return nil, bad("subsystem %d, want EFI application (10)", ss)
+	h := &header{
+		peOff:         int(f.PEOffset),
+		coffOff:       int(f.PEOffset) + 4,
+		optOff:        int(f.OptionalOffset),
+		secTableOff:   int(f.SectionTableOffset),
+		numSections:   len(f.Sections),
+		sectionAlign:  f.SectionAlignment,
+		fileAlign:     f.FileAlignment,
+		sizeOfHeaders: f.SizeOfHeaders,
+		sizeOfImage:   f.SizeOfImage,
+		symTablePtr:   f.FileHeader.PointerToSymbolTable,
 	}
-	h.sectionAlign = le.Uint32(b[h.optOff+optSectionAlign:])
-	h.fileAlign = le.Uint32(b[h.optOff+optFileAlign:])
-	h.sizeOfImage = le.Uint32(b[h.optOff+optSizeOfImage:])
-	h.sizeOfHeaders = le.Uint32(b[h.optOff+optSizeOfHeaders:])
-	if h.fileAlign == 0 || h.fileAlign&(h.fileAlign-1) != 0 || h.sectionAlign < h.fileAlign || h.sectionAlign&(h.sectionAlign-1) != 0 {
-		return nil, bad("bad alignments: SectionAlignment 0x%x, FileAlignment 0x%x", h.sectionAlign, h.fileAlign)
+	if c, ok := f.CertTable(); ok {
+		h.secDirSize = c.Size
 	}
-	nDirs := int(le.Uint32(b[h.optOff+optNumRvaSizes:]))
-	if nDirs > dirSecurity && optDataDirs+8*(dirSecurity+1) <= optSize {
-		h.secDirSize = le.Uint32(b[h.optOff+optDataDirs+8*dirSecurity+4:])
-	}
-	h.secTableOff = h.optOff + optSize
-	end := h.secTableOff + sectionHeaderSize*h.numSections
-	if end > len(b) || uint32(end) > h.sizeOfHeaders || int(h.sizeOfHeaders) > len(b) {
-		return nil, bad("section table (ends at %d) outside SizeOfHeaders %d / file size %d", end, h.sizeOfHeaders, len(b))
-	}
-	for i := 0; i < h.numSections; i++ {
-		o := h.secTableOff + sectionHeaderSize*i
-		s := rawSection{
-			name:          cString(b[o : o+8]),
-			virtualSize:   le.Uint32(b[o+8:]),
-			virtualAddr:   le.Uint32(b[o+12:]),
-			sizeOfRawData: le.Uint32(b[o+16:]),
-			pointerToRD:   le.Uint32(b[o+20:]),
-		}
-		if s.sizeOfRawData > 0 && (uint64(s.pointerToRD)+uint64(s.sizeOfRawData) > uint64(len(b)) || s.pointerToRD < h.sizeOfHeaders) {
-			return nil, bad("section %s raw data [%d, +%d) outside the file or inside the headers", s.name, s.pointerToRD, s.sizeOfRawData)
-		}
-		h.sections = append(h.sections, s)
+	for _, s := range f.Sections {
+		h.sections = append(h.sections, rawSection{
+			name: s.Name, virtualSize: s.VirtualSize, virtualAddr: s.VirtualAddress,
+			sizeOfRawData: s.SizeOfRawData, pointerToRD: s.PointerToRawData,
+		})
 	}
 	return h, nil
-}
-
-func cString(b []byte) string {
-	for i, c := range b {
-		if c == 0 {
-			return string(b[:i])
-		}
-	}
-	return string(b)
 }
 
 func alignUp(v, a uint64) uint64 { return (v + a - 1) &^ (a - 1) }

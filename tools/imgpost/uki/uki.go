@@ -21,8 +21,9 @@
 // with PointerToSymbolTable adjusted, so the file stays contiguous (headers,
 // sections, trailing data) and every Authenticode implementation (section-wise
 // like EDK2's, or linear like osslsigncode's) computes the same digest. The
-// file is then zero-padded to a multiple of 8 bytes, so the firmware's digest
-// of the unsigned file equals a signing tool's.
+// file is then always zero-padded to a multiple of 8 bytes, so the firmware's
+// Authenticode digest of the file (EDK2 hashes the bytes after the last
+// section unpadded) equals a signing tool's (which pads them to 8).
 //
 // The header fields NumberOfSections, SizeOfImage, SizeOfInitializedData
 // (plus the new sections' VirtualSize, as ukify does) and CheckSum are
@@ -34,7 +35,6 @@ package uki
 
 import (
 	"bytes"
-	"debug/pe"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -43,6 +43,7 @@ import (
 	"strings"
 
 	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/atomicfile"
+	imgpe "github.com/Dstack-TEE/meta-dstack/tools/imgpost/pe"
 )
 
 // MaxCmdline is the longest command line Build accepts (x86's
@@ -76,18 +77,20 @@ type Section struct {
 // Info describes a UKI (or any PE image): its sections and the text of its
 // .cmdline, .osrel and .uname sections (empty when absent).
 type Info struct {
-	Size          int64     `json:"size"`
-	Sections      []Section `json:"sections"`
-	Cmdline       string    `json:"cmdline,omitempty"`
-	HasCmdline    bool      `json:"-"`
-	OSRelease     string    `json:"os_release,omitempty"`
-	Uname         string    `json:"uname,omitempty"`
-	LinuxSize     uint32    `json:"linux_size,omitempty"`
-	InitrdSize    uint32    `json:"initrd_size,omitempty"`
-	ImageSize     uint32    `json:"size_of_image"`
-	CheckSum      uint32    `json:"checksum"`
-	Subsystem     uint16    `json:"subsystem"`
-	TimeDateStamp uint32    `json:"time_date_stamp"`
+	Size       int64     `json:"size"`
+	Sections   []Section `json:"sections"`
+	Cmdline    string    `json:"cmdline,omitempty"`
+	HasCmdline bool      `json:"-"`
+	// CmdlineSections counts the .cmdline sections (Cmdline is the last).
+	CmdlineSections int    `json:"-"`
+	OSRelease       string `json:"os_release,omitempty"`
+	Uname           string `json:"uname,omitempty"`
+	LinuxSize       uint32 `json:"linux_size,omitempty"`
+	InitrdSize      uint32 `json:"initrd_size,omitempty"`
+	ImageSize       uint32 `json:"size_of_image"`
+	CheckSum        uint32 `json:"checksum"`
+	Subsystem       uint16 `json:"subsystem"`
+	TimeDateStamp   uint32 `json:"time_date_stamp"`
 }
 
 // CheckCmdline reports why s is not an acceptable UKI command line, or nil.
@@ -131,10 +134,18 @@ func checkKernel(path string) (int64, error) {
 	if string(hdr[0x202:0x206]) != "HdrS" {
 		return 0, fmt.Errorf("kernel %s: no x86 boot protocol header (HdrS at 0x202): not an x86 bzImage", path)
 	}
-	peOff := int64(binary.LittleEndian.Uint32(hdr[0x3c:]))
-	var sig [4]byte
-	if _, err := f.ReadAt(sig[:], peOff); err != nil || string(sig[:]) != "PE\x00\x00" {
-		return 0, fmt.Errorf("kernel %s: no PE header: built without CONFIG_EFI_STUB", path)
+	pf, err := imgpe.NewFile(f, st.Size(), path)
+	if err != nil {
+		if errors.Is(err, imgpe.ErrFormat) {
+			return 0, fmt.Errorf("kernel: %w (truncated, or built without CONFIG_EFI_STUB?)", err)
+		}
+		return 0, fmt.Errorf("kernel: %w", err)
+	}
+	if pf.FileHeader.Machine != machineAMD64 {
+		return 0, fmt.Errorf("kernel %s: PE machine 0x%04x, want x86-64 (0x8664)", path, pf.FileHeader.Machine)
+	}
+	if err := checkSetupSects(f, hdr[:], pf); err != nil {
+		return 0, fmt.Errorf("kernel %s: %w", path, err)
 	}
 	return st.Size(), nil
 }
@@ -172,6 +183,9 @@ func Build(opts Options) (*Info, error) {
 		return nil, errors.New("uki: stub, kernel, at least one initrd and the output are required")
 	}
 	if err := CheckCmdline(opts.Cmdline); err != nil {
+		return nil, err
+	}
+	if err := atomicfile.CheckNotInput(opts.Out, append([]string{opts.Stub, opts.Linux, opts.OSRelease}, opts.Initrds...)...); err != nil {
 		return nil, err
 	}
 	if strings.ContainsAny(opts.Uname, "\x00\n") {
@@ -277,10 +291,10 @@ func Build(opts Options) (*Info, error) {
 	}
 	newTrailing := raw
 	fileEnd := newTrailing + uint64(len(trailing))
+	// Always a multiple of 8 bytes: firmware (EDK2) hashes the bytes after
+	// the last section as they are, signing tools pad them to 8, and the
+	// two digests agree only for an 8-aligned file.
 	pad := alignUp(fileEnd, 8) - fileEnd
-	if len(trailing) == 0 {
-		pad = 0
-	}
 
 	// Patched headers.
 	hdr := bytes.Clone(stub[:h.sizeOfHeaders])
@@ -438,42 +452,41 @@ func Inspect(path string) (*Info, error) {
 	if err != nil {
 		return nil, err
 	}
-	info, err := InspectReader(f, st.Size())
+	pf, err := imgpe.NewFile(f, st.Size(), path)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
+		return nil, err
 	}
-	return info, nil
+	return infoOf(pf)
 }
 
-// InspectReader is Inspect for an image held in r (size bytes).
+// InspectReader is Inspect for an image held in r (size bytes). The headers
+// are read by package pe (every size and offset checked against size).
 func InspectReader(r io.ReaderAt, size int64) (*Info, error) {
-	pf, err := pe.NewFile(r)
+	pf, err := imgpe.NewFile(r, size, "PE image")
 	if err != nil {
-		return nil, fmt.Errorf("not a PE image: %w", err)
+		return nil, err
 	}
-	defer pf.Close()
-	info := &Info{Size: size, TimeDateStamp: pf.TimeDateStamp}
-	switch oh := pf.OptionalHeader.(type) {
-	case *pe.OptionalHeader64:
-		info.ImageSize, info.CheckSum, info.Subsystem = oh.SizeOfImage, oh.CheckSum, oh.Subsystem
-	case *pe.OptionalHeader32:
-		info.ImageSize, info.CheckSum, info.Subsystem = oh.SizeOfImage, oh.CheckSum, oh.Subsystem
-	}
+	return infoOf(pf)
+}
+
+// InspectPE is Inspect for headers already read by package pe.
+func InspectPE(pf *imgpe.File) (*Info, error) { return infoOf(pf) }
+
+// maxText bounds the text sections read into memory.
+const maxText = 1 << 20
+
+func infoOf(pf *imgpe.File) (*Info, error) {
+	info := &Info{Size: pf.Size, TimeDateStamp: pf.FileHeader.TimeDateStamp,
+		ImageSize: pf.SizeOfImage, CheckSum: pf.CheckSum, Subsystem: pf.Subsystem}
+	var err error
 	for _, s := range pf.Sections {
 		info.Sections = append(info.Sections, Section{
 			Name: s.Name, VirtualAddress: s.VirtualAddress, VirtualSize: s.VirtualSize,
-			SizeOfRawData: s.Size, PointerToRawData: s.Offset,
+			SizeOfRawData: s.SizeOfRawData, PointerToRawData: s.PointerToRawData,
 		})
 		text := func() (string, error) {
-			n := min(s.VirtualSize, s.Size)
-			if n > 1<<20 {
-				return "", fmt.Errorf("section %s: %d bytes, too large for text", s.Name, n)
-			}
-			b := make([]byte, n)
-			if _, err := r.ReadAt(b, int64(s.Offset)); err != nil {
-				return "", fmt.Errorf("section %s: %w", s.Name, err)
-			}
-			return string(b), nil
+			b, err := pf.SectionData(s, maxText)
+			return string(b), err
 		}
 		switch s.Name {
 		case ".cmdline":
@@ -481,6 +494,7 @@ func InspectReader(r io.ReaderAt, size int64) (*Info, error) {
 				return nil, err
 			}
 			info.HasCmdline = true
+			info.CmdlineSections++
 		case ".osrel":
 			if info.OSRelease, err = text(); err != nil {
 				return nil, err
@@ -509,4 +523,25 @@ func Cmdline(path string) (string, error) {
 		return "", fmt.Errorf("%s: no .cmdline section (not a UKI?)", path)
 	}
 	return strings.TrimRight(info.Cmdline, "\x00"), nil
+}
+
+// checkSetupSects checks the x86 boot protocol's sizes against the file: the
+// setup code ((setup_sects+1) × 512 bytes at 0x1f1) and the protected-mode
+// kernel (syssize × 16 bytes at 0x1f4) must be in the file, and the PE view
+// must not extend past it (pf already checked its own sections).
+func checkSetupSects(f *os.File, hdr []byte, pf *imgpe.File) error {
+	setup := int64(hdr[0x1f1])
+	if setup == 0 {
+		setup = 4
+	}
+	syssize := int64(binary.LittleEndian.Uint32(hdr[0x1f4:]))
+	need := (setup+1)*512 + syssize*16
+	st, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	if need > st.Size() {
+		return fmt.Errorf("truncated: the boot header (setup_sects %d, syssize %d) needs %d bytes, the file has %d", setup, syssize, need, st.Size())
+	}
+	return nil
 }

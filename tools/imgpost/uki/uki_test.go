@@ -2,8 +2,10 @@ package uki
 
 import (
 	"bytes"
+	"crypto"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,6 +18,7 @@ import (
 	"github.com/Dstack-TEE/meta-dstack/internal/initramfs"
 	"github.com/Dstack-TEE/meta-dstack/internal/qemu"
 	"github.com/Dstack-TEE/meta-dstack/internal/testutil"
+	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/authenticode"
 )
 
 // inputs makes the small inputs of a UKI in dir and returns Options
@@ -262,7 +265,7 @@ func TestBadInputs(t *testing.T) {
 	}{
 		{"stub missing", func(o *Options) { o.Stub = filepath.Join(dir, "nope") }, "no such file"},
 		{"stub text", func(o *Options) { o.Stub = text }, "not a PE"},
-		{"stub PE32", func(o *Options) { o.Stub = pe32 }, "PE32+"},
+		{"stub PE32", func(o *Options) { o.Stub = pe32 }, "SizeOfOptionalHeader"},
 		{"stub arm64", func(o *Options) { o.Stub = arm }, "x86-64"},
 		{"stub not an application", func(o *Options) { o.Stub = driver }, "subsystem 11"},
 		{"stub signed", func(o *Options) { o.Stub = signed }, "signature"},
@@ -405,6 +408,55 @@ func TestChecksumPaths(t *testing.T) {
 		}
 		if slow.value() != fast.value() {
 			t.Fatalf("skip %d: fast %08x, slow %08x", skip, fast.value(), slow.value())
+		}
+	}
+}
+
+// TestSizeMultipleOf8: every UKI Build writes is a multiple of 8 bytes, so
+// that firmware's Authenticode digest (unpadded) equals the signing tools'
+// (padded): with the Debian stub (odd trailing symbol table), with it cut
+// after its last section (no trailing data), and cut with FileAlignment 1 (the
+// new sections then end at odd offsets), for initrds of every size mod 8.
+func TestSizeMultipleOf8(t *testing.T) {
+	dir := t.TempDir()
+	good := inputs(t, dir)
+	stub := mustRead(t, testutil.DebianStub)
+	h, err := parseStub(stub, "stub")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rawEnd uint32
+	for _, s := range h.sections {
+		rawEnd = max(rawEnd, s.pointerToRD+s.sizeOfRawData)
+	}
+	cut := bytes.Clone(stub[:rawEnd])
+	binary.LittleEndian.PutUint32(cut[h.coffOff+8:], 0) // no symbol table
+	align1 := bytes.Clone(cut)
+	binary.LittleEndian.PutUint32(align1[h.optOff+36:], 1) // FileAlignment
+	stubs := map[string][]byte{"debian": stub, "cut": cut, "filealign1": align1}
+	for name, b := range stubs {
+		p := filepath.Join(dir, name+".stub")
+		if err := os.WriteFile(p, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		for n := int64(1); n <= 8; n++ {
+			initrd := filepath.Join(dir, fmt.Sprintf("initrd-%d", n))
+			testutil.WriteRandom(t, initrd, 1000+n, uint64(n))
+			o := good
+			o.Stub, o.Initrds, o.Out = p, []string{initrd}, filepath.Join(dir, "out.efi")
+			o.Cmdline = strings.Repeat("x", int(n)) // odd section sizes too
+			info, err := Build(o)
+			if err != nil {
+				t.Fatalf("%s, initrd %d: %v", name, n, err)
+			}
+			if info.Size%8 != 0 {
+				t.Errorf("%s, initrd %d bytes: UKI is %d bytes, not a multiple of 8", name, 1000+n, info.Size)
+			}
+			fw, err1 := authenticode.FileFirmwareDigest(o.Out, crypto.SHA256)
+			sg, err2 := authenticode.FileDigest(o.Out, crypto.SHA256)
+			if err1 != nil || err2 != nil || !bytes.Equal(fw, sg) {
+				t.Errorf("%s, initrd %d: firmware digest %x (%v), signer %x (%v)", name, n, fw, err1, sg, err2)
+			}
 		}
 	}
 }

@@ -4,10 +4,19 @@
 // rootfs, the checksums, the UKI's Authenticode digest) and compares it with
 // what the image claims (the kernel command line, sha256sum.txt, digest.txt,
 // the .auth_hash.txt file). The first mismatch is an error naming it.
+//
+// Every byte it reads is treated as hostile (see DESIGN.md, "Hostile
+// input"): an OK means the disk has exactly one boot path (one FAT file
+// system, in the one ESP, holding one EFI/BOOT/BOOTX64.EFI under any case,
+// in directories without colliding names), the UKI has exactly one
+// .cmdline section equal, byte for byte, to the command line dist writes
+// for the rootfs it names, and that rootfs verifies. Every parser on the way
+// is bounded by the file (package pe, disk's FAT and GPT readers,
+// gcptar.Extract, dist.ParseMetadata), and a GCP tarball is extracted to an
+// already unlinked temporary file, so nothing is left behind on any exit.
 package verifyimg
 
 import (
-	"archive/tar"
 	"bytes"
 	"compress/gzip"
 	"crypto"
@@ -24,8 +33,9 @@ import (
 	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/authenticode"
 	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/disk"
 	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/dist"
+	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/gcptar"
+	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/pe"
 	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/sqfs"
-	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/uki"
 	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/verity"
 
 	_ "crypto/sha256" // crypto.SHA256 for authenticode
@@ -41,6 +51,25 @@ type Report struct {
 	RootfsSize int64
 	// UKISHA256 is the sha256 of the UKI (BOOTX64.EFI or dstack-uki.efi).
 	UKISHA256 string
+	// UKIAuthenticode is the UKI's SHA-256 Authenticode digest as firmware
+	// measures it (authenticode.FirmwareDigest).
+	UKIAuthenticode string
+	// Cmdline is the UKI's command line.
+	Cmdline string
+}
+
+// Options say which command line to expect: the one dist writes with the
+// same --cmdline-base and --gcp-cmdline-extra.
+type Options struct {
+	CmdlineBase  string   // "": dist.DefaultCmdlineBase
+	CmdlineExtra []string // the UKI's extra words (dist --gcp-cmdline-extra)
+}
+
+func (o Options) base() string {
+	if o.CmdlineBase == "" {
+		return dist.DefaultCmdlineBase
+	}
+	return o.CmdlineBase
 }
 
 func (r *Report) ok(format string, a ...any) { r.Checks = append(r.Checks, fmt.Sprintf(format, a...)) }
@@ -55,15 +84,18 @@ func (r *Report) String() string {
 	return b.String()
 }
 
-// Verify detects what path is (a directory, a gzip file, else a disk image)
-// and checks it.
-func Verify(path string) (*Report, error) {
+// Verify is VerifyWith with the default command line.
+func Verify(path string) (*Report, error) { return VerifyWith(path, Options{}) }
+
+// VerifyWith detects what path is (a directory, a gzip file, else a disk
+// image) and checks it, expecting the command line o describes.
+func VerifyWith(path string, o Options) (*Report, error) {
 	st, err := os.Stat(path)
 	if err != nil {
 		return nil, err
 	}
 	if st.IsDir() {
-		return Dir(path)
+		return dirCheck(path, o)
 	}
 	f, err := os.Open(path)
 	if err != nil {
@@ -73,71 +105,145 @@ func Verify(path string) (*Report, error) {
 	_, _ = io.ReadFull(f, magic)
 	f.Close()
 	if bytes.Equal(magic, []byte{0x1f, 0x8b}) {
-		return GCPTarball(path)
+		return gcpTarball(path, o)
 	}
-	return Disk(path)
+	return diskCheck(path, o)
 }
 
-// Disk checks a disk.raw: the GPT (protective MBR, backup header, partitions),
-// the ESP's EFI/BOOT/BOOTX64.EFI, the dstack.rootfs_hash and
-// dstack.rootfs_size in the UKI's command line against the verity tree
-// recomputed from the dstack-rootfs partition, and the squashfs in it.
-func Disk(path string) (*Report, error) {
+// Disk checks a disk.raw: the GPT (protective MBR, backup header,
+// partitions), the one boot path (disk.BootFile), the UKI's command line
+// (exactly dist's for its dstack.rootfs_hash and dstack.rootfs_size) against
+// the verity tree recomputed from the dstack-rootfs partition, and the
+// squashfs in it.
+func Disk(path string) (*Report, error) { return diskCheck(path, Options{}) }
+
+func diskCheck(path string, o Options) (*Report, error) {
 	d, err := disk.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("%s: GPT: %w", path, err)
 	}
 	defer d.Close()
 	rep := &Report{Path: path, Kind: "disk"}
-	if err := checkDisk(d, rep); err != nil {
+	if err := checkDisk(d, rep, o); err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	return rep, nil
 }
 
-func checkDisk(d *disk.Disk, rep *Report) error {
+func checkDisk(d *disk.Disk, rep *Report, o Options) error {
 	if err := d.Verify(); err != nil {
 		return fmt.Errorf("GPT: %w", err)
 	}
 	rep.ok("GPT: protective MBR, primary and backup headers agree, %d partitions", len(d.Partitions))
-	esp, err := d.ESP()
+	boot, err := d.BootFile()
 	if err != nil {
-		return fmt.Errorf("GPT: %w", err)
+		return fmt.Errorf("boot path: %w", err)
 	}
-	bootx, err := d.OpenESPFile(disk.BootPath)
-	if err != nil {
-		return fmt.Errorf("ESP (partition %d): %s: %w", esp.Index, disk.BootPath, err)
-	}
+	bootx := boot.File
+	rep.ok("boot path: one FAT file system, the ESP (partition %d), with one %s (no colliding names)", boot.Partition.Index, disk.BootPath)
 	h := sha256.New()
 	if _, err := io.Copy(h, io.NewSectionReader(bootx, 0, bootx.Size())); err != nil {
 		return fmt.Errorf("ESP: read %s: %w", disk.BootPath, err)
 	}
 	rep.UKISHA256 = hex.EncodeToString(h.Sum(nil))
-	info, err := uki.InspectReader(bootx, bootx.Size())
+	what := "ESP:/" + disk.BootPath
+	pf, err := pe.NewFile(bootx, bootx.Size(), what)
 	if err != nil {
-		return fmt.Errorf("ESP: %s is not a PE image: %w", disk.BootPath, err)
-	}
-	if !info.HasCmdline {
-		return fmt.Errorf("ESP: %s has no .cmdline section", disk.BootPath)
-	}
-	rep.ok("ESP: %s, %d bytes, sha256 %s", disk.BootPath, bootx.Size(), rep.UKISHA256)
-	hash, size, err := dist.RootfsArgs(info.Cmdline)
-	if err != nil {
-		return fmt.Errorf("UKI command line: %w", err)
-	}
-	if !slices.Contains(strings.Fields(info.Cmdline), dist.RootfsDeviceArg) {
-		return fmt.Errorf("UKI command line lacks %s", dist.RootfsDeviceArg)
-	}
-	rep.RootHash, rep.RootfsSize = hash, size
-	part, err := d.Partition(disk.RootfsName)
-	if err != nil {
-		return fmt.Errorf("GPT: %w", err)
-	}
-	sec := d.PartitionReader(part)
-	if err := checkRootfs(sec, size, hash, fmt.Sprintf("partition %d %q", part.Index, part.Name), rep); err != nil {
 		return err
 	}
-	return nil
+	hash, size, err := checkUKI(pf, o, rep)
+	if err != nil {
+		return err
+	}
+	ad, err := authenticode.FirmwareDigest(bootx, bootx.Size(), crypto.SHA256)
+	if err != nil {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	rep.UKIAuthenticode = hex.EncodeToString(ad)
+	rep.ok("ESP: %s, %d bytes, sha256 %s, Authenticode sha256 %s (what firmware measures)", disk.BootPath, bootx.Size(), rep.UKISHA256, rep.UKIAuthenticode)
+	rep.RootHash, rep.RootfsSize = hash, size
+	var parts []disk.Partition
+	for _, p := range d.Partitions {
+		if p.Name == disk.RootfsName {
+			parts = append(parts, p)
+		}
+	}
+	if len(parts) != 1 {
+		return fmt.Errorf("GPT: %d partitions named %q (PARTLABEL), want exactly one", len(parts), disk.RootfsName)
+	}
+	part := parts[0]
+	if size > part.Size {
+		return fmt.Errorf("dstack.rootfs_size=%d is larger than partition %d (%d bytes)", size, part.Index, part.Size)
+	}
+	return checkRootfs(d.PartitionReader(part), size, hash, fmt.Sprintf("partition %d %q", part.Index, part.Name), rep)
+}
+
+// checkUKI checks the UKI's sections and command line: exactly one section
+// of each name (so no stub can pick a different .cmdline than the one read
+// here), and a .cmdline equal byte for byte to the command line dist writes
+// for the root hash and size it names. It returns those.
+func checkUKI(pf *pe.File, o Options, rep *Report) (string, int64, error) {
+	seen := map[string]bool{}
+	for _, s := range pf.Sections {
+		if seen[s.Name] {
+			return "", 0, fmt.Errorf("%s: %d sections named %q, want one (which one a stub uses is its own business)", pf.Name, len(pf.SectionsNamed(s.Name)), s.Name)
+		}
+		seen[s.Name] = true
+	}
+	for _, n := range []string{".cmdline", ".linux", ".initrd"} {
+		if !seen[n] {
+			return "", 0, fmt.Errorf("%s: no %s section: not a UKI", pf.Name, n)
+		}
+	}
+	b, err := pf.SectionData(pf.SectionsNamed(".cmdline")[0], 2*4096)
+	if err != nil {
+		return "", 0, err
+	}
+	got := string(b)
+	hash, size, err := dist.RootfsArgs(got)
+	if err != nil {
+		return "", 0, fmt.Errorf("%s: .cmdline: %w", pf.Name, err)
+	}
+	_, want := dist.CmdlinesFor(o.base(), hash, size, o.CmdlineExtra)
+	if err := compareCmdline(got, want); err != nil {
+		return "", 0, fmt.Errorf("%s: .cmdline is not the command line dist writes for this image: %w", pf.Name, err)
+	}
+	rep.Cmdline = got
+	rep.ok("UKI: one .cmdline, exactly dist's: %s", got)
+	return hash, size, nil
+}
+
+// compareCmdline explains how got differs from want (nil when equal): an
+// unexpected character or separator, an extra, missing or repeated word,
+// or a different order.
+func compareCmdline(got, want string) error {
+	if got == want {
+		return nil
+	}
+	for i, r := range got {
+		if r < 0x20 || r > 0x7e {
+			return fmt.Errorf("unexpected character %U at byte %d (want printable ASCII words separated by single spaces)", r, i)
+		}
+	}
+	if strings.Contains(got, "  ") || strings.HasPrefix(got, " ") || strings.HasSuffix(got, " ") {
+		return errors.New("separator: not single spaces between words")
+	}
+	count := map[string]int{}
+	for _, w := range strings.Split(want, " ") {
+		count[w]++
+	}
+	for _, w := range strings.Split(got, " ") {
+		if count[w] == 0 {
+			return fmt.Errorf("extra or repeated word %q", w)
+		}
+		count[w]--
+	}
+	for _, w := range strings.Split(want, " ") {
+		if count[w] > 0 {
+			return fmt.Errorf("missing word %q", w)
+		}
+	}
+	return fmt.Errorf("words in a different order: %q, want %q", got, want)
 }
 
 // checkRootfs verifies the verity image in r (data of size bytes, then the
@@ -160,9 +266,12 @@ func checkRootfs(r io.ReaderAt, size int64, hash, what string, rep *Report) erro
 	return nil
 }
 
-// GCPTarball checks a GCP import tarball: one member, disk.raw, which is then
-// extracted (sparse) to a temporary file and checked as Disk does.
-func GCPTarball(path string) (*Report, error) {
+// GCPTarball checks a GCP import tarball: exactly one member, disk.raw,
+// and nothing but zeros after it (gcptar.Extract, bounded), extracted
+// (sparse) to an unlinked temporary file and checked as Disk does.
+func GCPTarball(path string) (*Report, error) { return gcpTarball(path, Options{}) }
+
+func gcpTarball(path string, o Options) (*Report, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
@@ -172,94 +281,76 @@ func GCPTarball(path string) (*Report, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: not gzip: %w", path, err)
 	}
-	tr := tar.NewReader(zr)
-	hdr, err := tr.Next()
-	if err != nil {
-		return nil, fmt.Errorf("%s: tar: %w", path, err)
-	}
-	if hdr.Name != dist.DiskName {
-		return nil, fmt.Errorf("%s: first member is %q, want %q", path, hdr.Name, dist.DiskName)
-	}
 	tmp, err := os.CreateTemp("", "imgpost-verify-*.raw")
 	if err != nil {
 		return nil, err
 	}
-	defer os.Remove(tmp.Name())
+	// Unlinked at once: the open file is all that is used, and nothing is
+	// left whatever ends the process.
+	os.Remove(tmp.Name())
 	defer tmp.Close()
-	if err := copySparse(tmp, tr, hdr.Size); err != nil {
-		return nil, fmt.Errorf("%s: extract %s: %w", path, hdr.Name, err)
+	m, err := gcptar.Extract(zr, tmp, tmp.Truncate, path)
+	if err != nil {
+		return nil, err
 	}
-	if _, err := tr.Next(); err != io.EOF {
-		if err == nil {
-			return nil, fmt.Errorf("%s: more than one member (want only %s)", path, dist.DiskName)
-		}
-		return nil, fmt.Errorf("%s: tar: %w", path, err)
+	if m.Name != dist.DiskName {
+		return nil, fmt.Errorf("%s: the member is %q, want %q", path, m.Name, dist.DiskName)
 	}
 	if _, err := io.Copy(io.Discard, zr); err != nil {
 		return nil, fmt.Errorf("%s: gzip: %w", path, err)
 	}
-	d, err := disk.NewReader(tmp, hdr.Size, path+":"+dist.DiskName)
+	d, err := disk.NewReader(tmp, m.Size, path+":"+dist.DiskName)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %s: GPT: %w", path, dist.DiskName, err)
 	}
 	rep := &Report{Path: path, Kind: "GCP tarball"}
-	rep.ok("archive: one member %s, %d bytes", hdr.Name, hdr.Size)
-	if err := checkDisk(d, rep); err != nil {
+	rep.ok("archive: one member %s, %d bytes, nothing after the end-of-archive marker", m.Name, m.Size)
+	if err := checkDisk(d, rep, o); err != nil {
 		return nil, fmt.Errorf("%s: %s: %w", path, dist.DiskName, err)
 	}
 	return rep, nil
 }
 
-// copySparse copies size bytes from r to f, seeking over all-zero blocks so
-// that the copy stays sparse.
-func copySparse(f *os.File, r io.Reader, size int64) error {
-	buf := make([]byte, 1<<20)
-	var off int64
-	for off < size {
-		n, err := io.ReadFull(r, buf[:min(int64(len(buf)), size-off)])
-		if n > 0 {
-			for i := 0; i < n; i += 4096 {
-				blk := buf[i:min(i+4096, n)]
-				if !allZero(blk) {
-					if _, err := f.WriteAt(blk, off+int64(i)); err != nil {
-						return err
-					}
-				}
-			}
-			off += int64(n)
-		}
-		if err != nil {
-			return err
-		}
-	}
-	return f.Truncate(size)
-}
+// Dir checks a dist directory: metadata.json (read strictly), sha256sum.txt
+// (every file it lists, and it lists the boot inputs and metadata.json),
+// digest.txt, the rootfs against the command line in metadata.json (exactly
+// dist's), the UKI's command line (exactly dist's, same rootfs) and
+// Authenticode digest, and gcp/disk.raw when present (its BOOTX64.EFI must
+// be dstack-uki.efi). Every file read must be a regular file (no links).
+func Dir(dir string) (*Report, error) { return dirCheck(dir, Options{}) }
 
-func allZero(b []byte) bool {
-	for _, c := range b {
-		if c != 0 {
-			return false
-		}
-	}
-	return true
-}
-
-// Dir checks a dist directory: metadata.json, sha256sum.txt (every file it
-// lists, and it lists the boot inputs and metadata.json), digest.txt, the
-// rootfs against the command line in metadata.json, the UKI's command line
-// and Authenticode digest, and gcp/disk.raw when present (its BOOTX64.EFI
-// must be dstack-uki.efi).
-func Dir(dir string) (*Report, error) {
+func dirCheck(dir string, o Options) (*Report, error) {
 	rep := &Report{Path: dir, Kind: "dist directory"}
-	if err := checkDir(dir, rep); err != nil {
+	if err := checkDir(dir, rep, o); err != nil {
 		return nil, fmt.Errorf("%s: %w", dir, err)
 	}
 	return rep, nil
 }
 
-func checkDir(dir string, rep *Report) error {
-	p := func(n string) string { return filepath.Join(dir, n) }
-	mb, err := os.ReadFile(p(dist.MetadataName))
+// regular returns the path of name in dir after checking it is a regular
+// file there (not a link, a directory or a device).
+func regular(dir, name string) (string, error) {
+	p := filepath.Join(dir, name)
+	st, err := os.Lstat(p)
+	if err != nil {
+		return "", err
+	}
+	if !st.Mode().IsRegular() {
+		return "", fmt.Errorf("%s: not a regular file (%s)", name, st.Mode().Type())
+	}
+	return p, nil
+}
+
+func readRegular(dir, name string) ([]byte, error) {
+	p, err := regular(dir, name)
+	if err != nil {
+		return nil, err
+	}
+	return os.ReadFile(p)
+}
+
+func checkDir(dir string, rep *Report, o Options) error {
+	mb, err := readRegular(dir, dist.MetadataName)
 	if err != nil {
 		return err
 	}
@@ -267,7 +358,7 @@ func checkDir(dir string, rep *Report) error {
 	if err != nil {
 		return err
 	}
-	sumText, err := os.ReadFile(p(dist.SumName))
+	sumText, err := readRegular(dir, dist.SumName)
 	if err != nil {
 		return err
 	}
@@ -290,7 +381,11 @@ func checkDir(dir string, rep *Report) error {
 		}
 	}
 	for _, e := range sums {
-		got, err := fileSHA256(p(e.Name))
+		p, err := regular(dir, e.Name)
+		if err != nil {
+			return fmt.Errorf("%s lists %s: %w", dist.SumName, e.Name, err)
+		}
+		got, err := fileSHA256(p)
 		if err != nil {
 			return fmt.Errorf("%s lists %s: %w", dist.SumName, e.Name, err)
 		}
@@ -299,7 +394,7 @@ func checkDir(dir string, rep *Report) error {
 		}
 	}
 	rep.ok("%s: %d files match (%s)", dist.SumName, len(sums), strings.Join(listed, ", "))
-	dg, err := os.ReadFile(p(dist.DigestName))
+	dg, err := readRegular(dir, dist.DigestName)
 	if err != nil {
 		return err
 	}
@@ -312,8 +407,15 @@ func checkDir(dir string, rep *Report) error {
 	if err != nil {
 		return fmt.Errorf("%s cmdline: %w", dist.MetadataName, err)
 	}
+	if bare, _ := dist.CmdlinesFor(o.base(), hash, size, o.CmdlineExtra); md.Cmdline != bare {
+		return fmt.Errorf("%s: cmdline is not the command line dist writes for this image: %w", dist.MetadataName, compareCmdline(md.Cmdline, bare))
+	}
 	rep.RootHash, rep.RootfsSize = hash, size
-	rf, err := os.Open(p(md.Rootfs))
+	rp, err := regular(dir, md.Rootfs)
+	if err != nil {
+		return fmt.Errorf("%s rootfs: %w", dist.MetadataName, err)
+	}
+	rf, err := os.Open(rp)
 	if err != nil {
 		return fmt.Errorf("%s rootfs: %w", dist.MetadataName, err)
 	}
@@ -323,44 +425,51 @@ func checkDir(dir string, rep *Report) error {
 	}
 
 	// The UKI: same rootfs parameters, and its Authenticode digest as recorded.
-	ukiPath := p(dist.UKIName)
-	uinfo, err := uki.Inspect(ukiPath)
+	ukiPath, err := regular(dir, dist.UKIName)
 	if err != nil {
-		return fmt.Errorf("%s: %w", dist.UKIName, err)
+		return err
 	}
-	uh, us, err := dist.RootfsArgs(uinfo.Cmdline)
+	pf, err := pe.Open(ukiPath)
 	if err != nil {
-		return fmt.Errorf("%s command line: %w", dist.UKIName, err)
+		return err
+	}
+	defer pf.Close()
+	uh, us, err := checkUKI(pf, o, rep)
+	if err != nil {
+		return err
 	}
 	if uh != hash || us != size {
 		return fmt.Errorf("%s command line has dstack.rootfs_hash=%s dstack.rootfs_size=%d, %s has %s %d", dist.UKIName, uh, us, dist.MetadataName, hash, size)
 	}
-	ad, err := authenticode.FileDigest(ukiPath, crypto.SHA256)
+	ad, err := authenticode.FileFirmwareDigest(ukiPath, crypto.SHA256)
 	if err != nil {
 		return err
 	}
 	adHex := hex.EncodeToString(ad)
-	rec, err := os.ReadFile(p(dist.AuthHashName))
+	rec, err := readRegular(dir, dist.AuthHashName)
 	if err != nil {
 		return err
 	}
-	if strings.TrimSpace(string(rec)) != adHex {
-		return fmt.Errorf("%s: Authenticode sha256 %s, but %s says %s (UKI changed)", dist.UKIName, adHex, dist.AuthHashName, strings.TrimSpace(string(rec)))
+	if string(rec) != adHex+"\n" {
+		return fmt.Errorf("%s: Authenticode sha256 %s, but %s says %q (UKI changed)", dist.UKIName, adHex, dist.AuthHashName, strings.TrimSpace(string(rec)))
 	}
-	rep.ok("%s: command line matches %s; Authenticode sha256 %s matches %s", dist.UKIName, dist.MetadataName, adHex, dist.AuthHashName)
 	ukiSum, err := fileSHA256(ukiPath)
 	if err != nil {
 		return err
 	}
+	rep.ok("%s: command line matches %s; sha256 %s, Authenticode sha256 %s (what firmware measures) matches %s", dist.UKIName, dist.MetadataName, ukiSum, adHex, dist.AuthHashName)
 
-	diskPath := p(filepath.Join(dist.GCPDir, dist.DiskName))
-	if _, err := os.Stat(diskPath); err == nil {
+	diskPath := filepath.Join(dir, dist.GCPDir, dist.DiskName)
+	if _, err := os.Lstat(diskPath); err == nil {
+		if _, err := regular(filepath.Join(dir, dist.GCPDir), dist.DiskName); err != nil {
+			return fmt.Errorf("%s/%w", dist.GCPDir, err)
+		}
 		d, err := disk.Open(diskPath)
 		if err != nil {
 			return fmt.Errorf("%s: GPT: %w", diskPath, err)
 		}
 		defer d.Close()
-		if err := checkDisk(d, rep); err != nil {
+		if err := checkDisk(d, rep, o); err != nil {
 			return fmt.Errorf("%s/%s: %w", dist.GCPDir, dist.DiskName, err)
 		}
 		if rep.UKISHA256 != ukiSum {
@@ -373,7 +482,7 @@ func checkDir(dir string, rep *Report) error {
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
-	rep.UKISHA256 = ukiSum
+	rep.UKISHA256, rep.UKIAuthenticode = ukiSum, adHex
 	return nil
 }
 

@@ -20,7 +20,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"runtime"
 	"runtime/debug"
 	"strings"
@@ -526,10 +525,8 @@ func FormatFile(dataPath, outPath string, p Params) (*Info, error) {
 	if st.Size() == 0 {
 		return nil, fmt.Errorf("data %s: empty file", dataPath)
 	}
-	if same, err := samePath(dataPath, outPath, st); err != nil {
+	if err := atomicfile.CheckNotInput(outPath, dataPath); err != nil {
 		return nil, err
-	} else if same {
-		return nil, fmt.Errorf("output %s is the input %s: refusing to overwrite the data", outPath, dataPath)
 	}
 	out, err := atomicfile.Create(outPath, 0o644)
 	if err != nil {
@@ -544,19 +541,6 @@ func FormatFile(dataPath, outPath string, p Params) (*Info, error) {
 		return nil, err
 	}
 	return info, nil
-}
-
-// samePath reports whether outPath names the same file as the input.
-func samePath(dataPath, outPath string, in os.FileInfo) (bool, error) {
-	a, err1 := filepath.Abs(dataPath)
-	b, err2 := filepath.Abs(outPath)
-	if err1 == nil && err2 == nil && a == b {
-		return true, nil
-	}
-	if st, err := os.Stat(outPath); err == nil {
-		return os.SameFile(in, st), nil
-	}
-	return false, nil
 }
 
 // OutputSize is the size of Format's output for size bytes of data: the
