@@ -29,6 +29,7 @@ import (
 	"github.com/google/uuid"
 	"golang.org/x/sys/unix"
 
+	"github.com/Dstack-TEE/meta-dstack/internal/epoch"
 	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/atomicfile"
 	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/pe"
 )
@@ -146,7 +147,7 @@ func (o Options) normalized() (Options, error) {
 		return o, fmt.Errorf("ESP and rootfs partition GUIDs are both %s", o.ESPGUID)
 	}
 	if o.Time.IsZero() {
-		if t, ok, err := SourceDateEpoch(); err != nil {
+		if t, ok, err := epoch.FromEnv(); err != nil {
 			return o, err
 		} else if ok {
 			o.Time = t
@@ -157,20 +158,6 @@ func (o Options) normalized() (Options, error) {
 	}
 	o.Time = o.Time.UTC()
 	return o, nil
-}
-
-// SourceDateEpoch returns SOURCE_DATE_EPOCH from the environment; ok is false
-// when it is unset or empty.
-func SourceDateEpoch() (t time.Time, ok bool, err error) {
-	s := os.Getenv("SOURCE_DATE_EPOCH")
-	if s == "" {
-		return time.Time{}, false, nil
-	}
-	n, err := strconv.ParseInt(s, 10, 64)
-	if err != nil || n < 0 {
-		return time.Time{}, false, fmt.Errorf("SOURCE_DATE_EPOCH=%q: not a non-negative integer", s)
-	}
-	return time.Unix(n, 0).UTC(), true, nil
 }
 
 func normGUID(what, s, def string) (string, error) {

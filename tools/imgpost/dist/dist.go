@@ -28,6 +28,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/Dstack-TEE/meta-dstack/internal/epoch"
 	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/atomicfile"
 	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/authenticode"
 	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/disk"
@@ -339,7 +340,7 @@ func Run(o Options) (res *Result, err error) {
 
 	mtime := o.MTime
 	if mtime.IsZero() {
-		sde, ok, err := disk.SourceDateEpoch()
+		sde, ok, err := epoch.FromEnv()
 		if err != nil {
 			return nil, err
 		}

@@ -16,10 +16,10 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"strconv"
 	"syscall"
 	"time"
 
+	"github.com/Dstack-TEE/meta-dstack/internal/epoch"
 	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/atomicfile"
 )
 
@@ -134,15 +134,11 @@ func (o *Options) mtime() (int64, error) {
 	if o.MTime != nil {
 		return o.MTime.Unix(), nil
 	}
-	s := os.Getenv("SOURCE_DATE_EPOCH")
-	if s == "" {
-		return 0, nil
+	t, set, err := epoch.FromEnv()
+	if err != nil || !set {
+		return 0, err
 	}
-	n, err := strconv.ParseInt(s, 10, 64)
-	if err != nil || n < 0 {
-		return 0, fmt.Errorf("SOURCE_DATE_EPOCH=%q: not a non-negative integer", s)
-	}
-	return n, nil
+	return t.Unix(), nil
 }
 
 // WriteFile writes the archive of the disk image at diskPath to out,

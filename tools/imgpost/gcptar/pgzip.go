@@ -54,7 +54,7 @@ type GzipWriter struct {
 	marks   []Mark  // one per cut, recorded by the writer goroutine
 	segCRC  uint32  // CRC-32 of the input since the last cut
 	wg      sync.WaitGroup
-	pool    sync.Pool // input blocks
+	pool    sync.Pool // *[]byte: input blocks
 	outPool sync.Pool // *bytes.Buffer for compressed blocks
 }
 
@@ -108,9 +108,9 @@ func NewGzipWriter(w io.Writer, level, workers, blockSize int) (*GzipWriter, err
 		order: make(chan *job, 2*workers),
 		done:  make(chan struct{}),
 	}
-	z.pool.New = func() any { return make([]byte, 0, blockSize) }
+	z.pool.New = func() any { b := make([]byte, 0, blockSize); return &b }
 	z.outPool.New = func() any { return new(bytes.Buffer) }
-	z.buf = z.pool.Get().([]byte)[:0]
+	z.buf = (*z.pool.Get().(*[]byte))[:0]
 	for i := 0; i < workers; i++ {
 		z.wg.Add(1)
 		go z.worker()
@@ -190,7 +190,8 @@ func (z *GzipWriter) writer() {
 			z.segCRC = 0
 		}
 		if j.in != nil {
-			z.pool.Put(j.in[:0])
+			in := j.in[:0]
+			z.pool.Put(&in)
 		}
 		if j.out != nil {
 			z.outPool.Put(j.out)
@@ -263,7 +264,7 @@ func (z *GzipWriter) dispatchCut(final, cut bool) {
 	z.order <- j
 	z.jobs <- j
 	if !final {
-		z.buf = z.pool.Get().([]byte)[:0]
+		z.buf = (*z.pool.Get().(*[]byte))[:0]
 	}
 }
 
