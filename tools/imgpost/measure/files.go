@@ -12,6 +12,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/authenticode"
 )
 
 // File names of the measurement files a dist directory ships.
@@ -297,20 +299,7 @@ func sha384File(p string) ([]byte, int64, error) {
 // the UKI at path: the digest Google's firmware logs and dstack's GCP
 // verifier compares.
 func UKIAuthenticodeSHA256(path string) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	d, err := FirmwareAuthenticode(f, st.Size(), crypto.SHA256)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	return d, nil
+	return authenticode.FileFirmwareDigest(path, crypto.SHA256)
 }
 
 // Material computes the TDX measurement material of an image.

@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/Dstack-TEE/meta-dstack/internal/testutil"
+	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/authenticode"
 )
 
 // distDir makes a dist directory from Debian's kernel, OVMF (the 2 MiB
@@ -105,7 +106,7 @@ func TestFiles(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	plain, _ := FirmwareAuthenticode(kf, st.Size(), crypto.SHA384)
+	plain, _ := authenticode.FirmwareDigest(kf, st.Size(), crypto.SHA384)
 	if !bytes.Equal(k2g, m.KernelAuthenticode) || bytes.Equal(plain, m.KernelAuthenticode) {
 		t.Errorf("kernel digest %x (2 GiB %x, unpatched %x)", m.KernelAuthenticode, k2g, plain)
 	}
