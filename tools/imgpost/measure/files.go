@@ -491,11 +491,17 @@ func sortFiles(fs []File) {
 // Check recomputes the measurement files of dir and compares them with the
 // ones on disk; it reports the first file that is missing or differs.
 func Check(dir string) error {
-	want, err := Files(dir)
+	s, err := Compute(dir)
 	if err != nil {
 		return err
 	}
-	for _, f := range want {
+	return s.Check(dir)
+}
+
+// Check compares the files of s with those in dir; it reports the first
+// file that is missing or differs.
+func (s Set) Check(dir string) error {
+	for _, f := range s.Files {
 		p := filepath.Join(dir, f.Name)
 		got, err := readLimited(p, 1<<20)
 		if err != nil {
