@@ -8,6 +8,7 @@ import (
 
 	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/disk"
 	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/dist"
+	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/measure"
 )
 
 func init() {
@@ -91,6 +92,9 @@ func runDist(args []string, stdout, stderr io.Writer) error {
 	res, err := dist.Run(o)
 	if err != nil {
 		return err
+	}
+	if res.NoTDX != "" {
+		fmt.Fprintf(stderr, "imgpost dist: no %s (%s)\n", measure.TDXFileName, res.NoTDX)
 	}
 	fmt.Fprintf(stdout, "%s: root hash %s, rootfs size %d, digest %s\n", res.Name, res.Verity.RootHashHex(), res.Verity.DataSize(), res.Digest)
 	fmt.Fprintf(stdout, "UKI Authenticode sha256 %s\n", res.AuthHash)

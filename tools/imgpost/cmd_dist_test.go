@@ -46,6 +46,10 @@ func TestDistAndVerifyCommands(t *testing.T) {
 	if !strings.Contains(se, "imgpost dist: verity") || strings.Contains(se, "\r") {
 		t.Errorf("stderr (not a terminal) should have plain stage lines:\n%s", se)
 	}
+	// No --ovmf: no measurement.tdx.cbor, said in one line.
+	if strings.Count(se, "imgpost dist: no measurement.tdx.cbor (no --ovmf") != 1 {
+		t.Errorf("stderr should say why measurement.tdx.cbor is missing:\n%s", se)
+	}
 	if !strings.Contains(so, "root hash ") || !strings.Contains(so, filepath.Join(out, "dstack-9.9.tar.gz")) {
 		t.Errorf("summary:\n%s", so)
 	}

@@ -5,7 +5,9 @@
 //	<out>/<dist>-<ver>/            bzImage, initramfs.cpio.gz, rootfs.img.verity,
 //	                               ovmf.fd (when given), dstack-uki.efi,
 //	                               dstack-uki.efi.auth_hash.txt, metadata.json,
-//	                               sha256sum.txt, digest.txt
+//	                               measurement.tdx.cbor (firmware with TDX
+//	                               metadata only), measurement.gcp.cbor,
+//	                               measurements.json, sha256sum.txt, digest.txt
 //	<out>/<dist>-<ver>/gcp/disk.raw
 //	<out>/<dist>-<ver>.tar.gz      bare-metal tarball (the set above, without gcp/)
 //	<out>/<dist>-<ver>-gcp.tar.gz  GCP import tarball (one member, disk.raw)
@@ -24,6 +26,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -33,6 +36,7 @@ import (
 	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/authenticode"
 	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/disk"
 	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/gcptar"
+	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/measure"
 	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/sqfs"
 	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/uki"
 	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/verity"
@@ -113,9 +117,12 @@ type Result struct {
 	Cmdline    string // bare-metal command line (metadata.json)
 	UKICmdline string // the UKI's command line
 	AuthHash   string // the UKI's SHA-256 Authenticode digest
-	Digest     string // digest.txt
-	Artifacts  []Artifact
-	Stages     []Stage
+	// NoTDX says why measurement.tdx.cbor was not written ("" when it was):
+	// no --ovmf, or a firmware without TDX metadata.
+	NoTDX     string
+	Digest    string // digest.txt
+	Artifacts []Artifact
+	Stages    []Stage
 }
 
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._+-]*$`)
@@ -309,10 +316,11 @@ func Run(o Options) (res *Result, err error) {
 	sums.file(UKIName, in(UKIName))
 	sums.file(AuthHashName, in(AuthHashName))
 
-	// 4. metadata.json, sha256sum.txt, digest.txt.
+	// 4. metadata.json, the measurement files, sha256sum.txt, digest.txt.
 	md := &Metadata{
 		Kernel: KernelName, Cmdline: res.Cmdline, Initrd: InitrdName, Rootfs: RootfsName,
 		Version: o.Version, GitRevision: o.GitRevision, SharedRO: true, IsDev: o.Flavor == "dev",
+		OVMFVariant: OVMFVariant,
 	}
 	if o.OVMF != "" {
 		md.BIOS = OVMFName
@@ -322,8 +330,28 @@ func Run(o Options) (res *Result, err error) {
 		return nil, err
 	}
 	sums.setBytes(MetadataName, mj)
+	t = lg.start("measure")
+	ms, err := measure.Compute(sdir)
+	if err != nil {
+		return nil, fmt.Errorf("stage measure: %w", err)
+	}
+	var measured []string
+	for _, f := range ms.Files {
+		if err := atomicfile.WriteFile(in(f.Name), f.Data, 0o644); err != nil {
+			return nil, err
+		}
+		sums.setBytes(f.Name, f.Data)
+		measured = append(measured, f.Name)
+	}
+	if ms.NoTDX != "" {
+		res.NoTDX = "no --ovmf: the image ships no firmware"
+		if o.OVMF != "" {
+			res.NoTDX = strings.ReplaceAll(ms.NoTDX, in(OVMFName), "--ovmf "+o.OVMF)
+		}
+	}
+	res.Stages = append(res.Stages, t.done(0))
 	var entries []SumEntry
-	for _, n := range sumFiles(o.OVMF != "") {
+	for _, n := range sumFiles(o.OVMF != "", measured) {
 		entries = append(entries, SumEntry{SHA256: sums.get(n), Name: n})
 	}
 	sumText := SHA256SumText(entries)
@@ -395,7 +423,7 @@ func Run(o Options) (res *Result, err error) {
 			reuse.FileCRC = &c.crc
 		}
 		tname := name + ".tar.gz"
-		files := append(sumFiles(o.OVMF != ""), RootfsName, UKIName, AuthHashName, SumName, DigestName)
+		files := append(sumFiles(o.OVMF != "", measured), RootfsName, UKIName, AuthHashName, SumName, DigestName)
 		n, err := writeSummed(sums, tname, outs.tar, func(w io.Writer) (int64, error) {
 			return WriteTarball(w, sdir, name, files, mtime, reuse)
 		})
@@ -415,7 +443,8 @@ func Run(o Options) (res *Result, err error) {
 		return nil, fmt.Errorf("stage checksums: %w", err)
 	}
 	res.Stages = append(res.Stages, t.done(0))
-	for _, n := range []string{KernelName, InitrdName, OVMFName, RootfsName, UKIName, AuthHashName, MetadataName, SumName, DigestName, GCPDir + "/" + DiskName} {
+	for _, n := range []string{KernelName, InitrdName, OVMFName, RootfsName, UKIName, AuthHashName, MetadataName,
+		measure.TDXFileName, measure.GCPFileName, measure.JSONFileName, SumName, DigestName, GCPDir + "/" + DiskName} {
 		if h := sums.get(n); h != "" {
 			st, err := os.Stat(in(n))
 			if err != nil {
@@ -440,12 +469,26 @@ func Run(o Options) (res *Result, err error) {
 	return res, nil
 }
 
-// sumFiles are the files sha256sum.txt covers, in upstream's order.
-func sumFiles(ovmf bool) []string {
-	if ovmf {
-		return []string{OVMFName, KernelName, InitrdName, MetadataName}
+// SumOrder is the order of sha256sum.txt: upstream's (dstack's
+// os/image/assemble.sh: ovmf.fd bzImage initramfs.cpio.gz metadata.json
+// measurement.tdx.cbor, then measurement.gcp.cbor), then measurements.json,
+// which upstream does not ship. Files a set lacks are left out.
+var SumOrder = []string{OVMFName, KernelName, InitrdName, MetadataName, measure.TDXFileName, measure.GCPFileName, measure.JSONFileName}
+
+// sumFiles are the files sha256sum.txt covers, in SumOrder: the boot
+// inputs (ovmf.fd only when shipped), metadata.json and the measurement
+// files written (measured).
+func sumFiles(ovmf bool, measured []string) []string {
+	var out []string
+	for _, n := range SumOrder {
+		switch {
+		case n == OVMFName && !ovmf:
+		case strings.HasPrefix(n, "measurement") && !slices.Contains(measured, n):
+		default:
+			out = append(out, n)
+		}
 	}
-	return []string{KernelName, InitrdName, MetadataName}
+	return out
 }
 
 func osRelease(o Options) string {

@@ -19,7 +19,12 @@ import (
 	"github.com/Dstack-TEE/meta-dstack/internal/testutil"
 	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/disk"
 	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/gcptar"
+	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/measure"
 )
+
+// tdxOVMF is Debian's OVMF.fd (package ovmf), which carries TDX metadata
+// (OVMF_CODE_4M.fd does not).
+const tdxOVMF = "/usr/share/ovmf/OVMF.fd"
 
 const testEpoch = 1700000000
 
@@ -65,6 +70,10 @@ func TestDist(t *testing.T) {
 	testutil.Need(t, "mksquashfs", "veritysetup", "objcopy", "tar", "sha256sum", "sgdisk", "gzip")
 	dir := t.TempDir()
 	in := testutil.MakeDistInputs(t, dir, 3<<20, 1)
+	// A firmware with TDX metadata, so that measurement.tdx.cbor is written
+	// (TestDistNoGCPAndRerun covers one without).
+	testutil.NeedFile(t, tdxOVMF, "ovmf")
+	in.OVMF = tdxOVMF
 	t.Setenv("SOURCE_DATE_EPOCH", fmt.Sprint(testEpoch)) // after mksquashfs, which refuses it beside -mkfs-time
 	var results [2]*Result
 	var outs [2]string
@@ -125,6 +134,7 @@ func TestDist(t *testing.T) {
 		"dstack-0.5.0/bzImage", "dstack-0.5.0/initramfs.cpio.gz", "dstack-0.5.0/ovmf.fd",
 		"dstack-0.5.0/rootfs.img.verity", "dstack-0.5.0/dstack-uki.efi", "dstack-0.5.0/dstack-uki.efi.auth_hash.txt",
 		"dstack-0.5.0/metadata.json", "dstack-0.5.0/sha256sum.txt", "dstack-0.5.0/digest.txt",
+		"dstack-0.5.0/measurement.tdx.cbor", "dstack-0.5.0/measurement.gcp.cbor", "dstack-0.5.0/measurements.json",
 		"dstack-0.5.0/gcp/", "dstack-0.5.0/gcp/disk.raw", "./",
 	}
 	for _, w := range want {
@@ -135,6 +145,9 @@ func TestDist(t *testing.T) {
 	if len(a) != len(want) {
 		t.Errorf("outputs: %v, want exactly %v", a, want)
 	}
+	if results[0].NoTDX != "" {
+		t.Errorf("NoTDX %q with a TDX firmware", results[0].NoTDX)
+	}
 	for _, stage := range []string{"verity", "uki", "disk", "gcp", "tarball"} {
 		if !regexp.MustCompile(`(?m)^imgpost dist: ` + stage + ` .* in [0-9.]+ s \(`).MatchString(log.String()) {
 			t.Errorf("no log line for stage %s:\n%s", stage, log.String())
@@ -144,8 +157,8 @@ func TestDist(t *testing.T) {
 	d := filepath.Join(outs[0], "dstack-0.5.0")
 
 	// The summary's hashes are the files' (sha256sum(1)).
-	if len(res.Artifacts) != 12 {
-		t.Errorf("%d artifacts in the summary, want 12", len(res.Artifacts))
+	if len(res.Artifacts) != 15 {
+		t.Errorf("%d artifacts in the summary, want 15", len(res.Artifacts))
 	}
 	for _, art := range res.Artifacts {
 		o := testutil.Run(t, "sha256sum", art.Path)
@@ -164,7 +177,7 @@ func TestDist(t *testing.T) {
 	for _, l := range strings.Split(strings.TrimSpace(string(sumText)), "\n") {
 		names = append(names, strings.Fields(l)[1])
 	}
-	if got := strings.Join(names, " "); got != "ovmf.fd bzImage initramfs.cpio.gz metadata.json" {
+	if got := strings.Join(names, " "); got != "ovmf.fd bzImage initramfs.cpio.gz metadata.json measurement.tdx.cbor measurement.gcp.cbor measurements.json" {
 		t.Errorf("sha256sum.txt lists %q", got)
 	}
 	o := testutil.Run(t, "sha256sum", filepath.Join(d, SumName))
@@ -178,7 +191,7 @@ func TestDist(t *testing.T) {
 	for _, m := range regexp.MustCompile(`(?m)^    "([a-z_]+)":`).FindAllStringSubmatch(string(mj), -1) {
 		keys = append(keys, m[1])
 	}
-	if got := strings.Join(keys, " "); got != "bios kernel cmdline initrd rootfs version git_revision shared_ro is_dev" {
+	if got := strings.Join(keys, " "); got != "bios kernel cmdline initrd rootfs version git_revision shared_ro is_dev ovmf_variant" {
 		t.Errorf("metadata.json keys: %s", got)
 	}
 	var md map[string]any
@@ -188,8 +201,26 @@ func TestDist(t *testing.T) {
 	wantCmd := DefaultCmdlineBase + " coherent_pool=8M dstack.rootfs_hash=" + res.Verity.RootHashHex() +
 		fmt.Sprintf(" dstack.rootfs_size=%d", res.Verity.DataSize())
 	if md["bios"] != "ovmf.fd" || md["kernel"] != "bzImage" || md["initrd"] != "initramfs.cpio.gz" || md["rootfs"] != "rootfs.img.verity" ||
-		md["version"] != "0.5.0" || md["git_revision"] != "0123abc" || md["shared_ro"] != true || md["is_dev"] != true || md["cmdline"] != wantCmd {
+		md["version"] != "0.5.0" || md["git_revision"] != "0123abc" || md["shared_ro"] != true || md["is_dev"] != true || md["cmdline"] != wantCmd ||
+		md["ovmf_variant"] != "pre202505" {
 		t.Errorf("metadata.json:\n%s", mj)
+	}
+	// The measurement files are what measure computes from the set, and
+	// their material is the set's: measurement.gcp.cbor holds the UKI's
+	// Authenticode SHA-256 (auth_hash.txt), measurement.tdx.cbor the
+	// initrd's SHA-384 (sha384sum).
+	if err := measure.Check(d); err != nil {
+		t.Error(err)
+	}
+	gb, _ := os.ReadFile(filepath.Join(d, measure.GCPFileName))
+	ah, _ := os.ReadFile(filepath.Join(d, AuthHashName))
+	if g, err := measure.DecodeGCPMaterial(gb); err != nil || fmt.Sprintf("%x\n", g) != string(ah) {
+		t.Errorf("measurement.gcp.cbor %x (%v), auth_hash.txt %s", g, err, ah)
+	}
+	tb, _ := os.ReadFile(filepath.Join(d, measure.TDXFileName))
+	is := testutil.Run(t, "sha384sum", filepath.Join(d, InitrdName))
+	if m, err := measure.DecodeTDXMaterial(tb); err != nil || fmt.Sprintf("%x", m.InitrdSHA384) != strings.Fields(is)[0] {
+		t.Errorf("measurement.tdx.cbor initrd %x (%v), sha384sum %s", m.InitrdSHA384, err, is)
 	}
 	// veritysetup accepts the rootfs with the command line's hash and size.
 	rootfs := filepath.Join(d, RootfsName)
@@ -214,7 +245,7 @@ func TestDist(t *testing.T) {
 		}
 		members = append(members, f[5])
 	}
-	if got := strings.Join(members, " "); got != "dstack-0.5.0/ dstack-0.5.0/bzImage dstack-0.5.0/digest.txt dstack-0.5.0/dstack-uki.efi dstack-0.5.0/dstack-uki.efi.auth_hash.txt dstack-0.5.0/initramfs.cpio.gz dstack-0.5.0/metadata.json dstack-0.5.0/ovmf.fd dstack-0.5.0/rootfs.img.verity dstack-0.5.0/sha256sum.txt" {
+	if got := strings.Join(members, " "); got != "dstack-0.5.0/ dstack-0.5.0/bzImage dstack-0.5.0/digest.txt dstack-0.5.0/dstack-uki.efi dstack-0.5.0/dstack-uki.efi.auth_hash.txt dstack-0.5.0/initramfs.cpio.gz dstack-0.5.0/measurement.gcp.cbor dstack-0.5.0/measurement.tdx.cbor dstack-0.5.0/measurements.json dstack-0.5.0/metadata.json dstack-0.5.0/ovmf.fd dstack-0.5.0/rootfs.img.verity dstack-0.5.0/sha256sum.txt" {
 		t.Errorf("tarball members: %s", got)
 	}
 	x := filepath.Join(dir, "x")
@@ -264,14 +295,29 @@ func TestDistNoGCPAndRerun(t *testing.T) {
 	in := testutil.MakeDistInputs(t, dir, 1<<20, 2)
 	out := filepath.Join(dir, "images")
 	o := baseOptions(in, out)
-	if _, err := Run(o); err != nil {
-		t.Fatal(err)
-	}
-	o.NoGCP = true
-	o.OVMF = ""
-	res, err := Run(o)
-	if err != nil {
-		t.Fatal(err)
+	// Debian's OVMF_CODE_4M.fd has no TDX metadata: no measurement.tdx.cbor,
+	// and the result says why; then no firmware at all.
+	var res *Result
+	for i, want := range []string{"--ovmf " + testutil.DebianOVMF + ": firmware:", "no --ovmf"} {
+		if i == 1 {
+			o.NoGCP = true
+			o.OVMF = ""
+		}
+		var err error
+		res, err = Run(o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.HasPrefix(res.NoTDX, want) || !strings.Contains(res.NoTDX, "firmware") {
+			t.Errorf("run %d: NoTDX %q, want it to start with %q", i, res.NoTDX, want)
+		}
+		sums, _ := os.ReadFile(filepath.Join(out, "dstack-0.5.0", SumName))
+		if strings.Contains(string(sums), measure.TDXFileName) || !strings.Contains(string(sums), measure.GCPFileName) {
+			t.Errorf("run %d: sha256sum.txt:\n%s", i, sums)
+		}
+		if _, err := os.Stat(filepath.Join(out, "dstack-0.5.0", measure.TDXFileName)); err == nil {
+			t.Errorf("run %d: %s written", i, measure.TDXFileName)
+		}
 	}
 	for _, p := range []string{"dstack-0.5.0-gcp.tar.gz", "dstack-0.5.0/gcp", "dstack-0.5.0/ovmf.fd"} {
 		if _, err := os.Stat(filepath.Join(out, p)); err == nil {
@@ -279,7 +325,7 @@ func TestDistNoGCPAndRerun(t *testing.T) {
 		}
 	}
 	for _, a := range res.Artifacts {
-		if strings.Contains(a.Path, "gcp") {
+		if strings.Contains(a.Path, "gcp") && filepath.Base(a.Path) != measure.GCPFileName {
 			t.Errorf("summary lists %s", a.Path)
 		}
 	}

@@ -9,6 +9,8 @@ import (
 	"io"
 	"strings"
 	"unicode/utf8"
+
+	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/measure"
 )
 
 // Metadata is metadata.json, the file dstack's VMM reads to boot the
@@ -32,7 +34,15 @@ type Metadata struct {
 	SharedRO bool `json:"shared_ro"`
 	// IsDev is true for the dev flavor.
 	IsDev bool `json:"is_dev"`
+	// OVMFVariant names the firmware's boot-time RTMR0 event layout the
+	// measurements assume (upstream's OVMF_VARIANT; OVMFVariant, the only
+	// one measure models).
+	OVMFVariant string `json:"ovmf_variant"`
 }
+
+// OVMFVariant is the ovmf_variant dist records: upstream dstack-ovmf's
+// (edk2-stable202502) "pre202505", the layout imgpost measure predicts.
+const OVMFVariant = measure.OVMFPre202505
 
 // JSON renders m as upstream's metadata.json does: 4-space indentation, the
 // fixed key order, a final newline.
@@ -51,7 +61,7 @@ func (m *Metadata) JSON() []byte {
 // booleans.
 var metadataKeys = map[string]bool{
 	"bios": false, "kernel": false, "cmdline": false, "initrd": false, "rootfs": false,
-	"version": false, "git_revision": false, "shared_ro": true, "is_dev": true,
+	"version": false, "git_revision": false, "shared_ro": true, "is_dev": true, "ovmf_variant": false,
 }
 
 // ParseMetadata reads metadata.json strictly, so that every JSON reader sees
@@ -73,7 +83,7 @@ func ParseMetadata(b []byte) (*Metadata, error) {
 	}
 	var m Metadata
 	strs := map[string]*string{"bios": &m.BIOS, "kernel": &m.Kernel, "cmdline": &m.Cmdline, "initrd": &m.Initrd,
-		"rootfs": &m.Rootfs, "version": &m.Version, "git_revision": &m.GitRevision}
+		"rootfs": &m.Rootfs, "version": &m.Version, "git_revision": &m.GitRevision, "ovmf_variant": &m.OVMFVariant}
 	bools := map[string]*bool{"shared_ro": &m.SharedRO, "is_dev": &m.IsDev}
 	seen := map[string]bool{}
 	for dec.More() {
@@ -114,10 +124,13 @@ func ParseMetadata(b []byte) (*Metadata, error) {
 	if _, err := dec.Token(); err != io.EOF {
 		return nil, bad("data after the object")
 	}
-	for _, k := range []string{"bios", "kernel", "cmdline", "initrd", "rootfs", "version", "git_revision", "shared_ro", "is_dev"} {
+	for _, k := range []string{"bios", "kernel", "cmdline", "initrd", "rootfs", "version", "git_revision", "shared_ro", "is_dev", "ovmf_variant"} {
 		if !seen[k] {
 			return nil, bad("key %q missing", k)
 		}
+	}
+	if m.OVMFVariant != OVMFVariant {
+		return nil, bad("ovmf_variant %q: only %q is known", m.OVMFVariant, OVMFVariant)
 	}
 	for _, f := range []struct{ key, v string }{{"kernel", m.Kernel}, {"initrd", m.Initrd}, {"rootfs", m.Rootfs}, {"bios", m.BIOS}} {
 		if f.key == "bios" && f.v == "" {

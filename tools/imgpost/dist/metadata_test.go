@@ -14,14 +14,15 @@ const goodMetadata = `{
     "version": "1.0",
     "git_revision": "",
     "shared_ro": true,
-    "is_dev": false
+    "is_dev": false,
+    "ovmf_variant": "pre202505"
 }
 `
 
 // TestParseMetadataStrict: what dist writes parses; what another JSON
 // reader could read differently is refused (issue 14).
 func TestParseMetadataStrict(t *testing.T) {
-	m := &Metadata{BIOS: OVMFName, Kernel: KernelName, Cmdline: "a b", Initrd: InitrdName, Rootfs: RootfsName, Version: "1", SharedRO: true}
+	m := &Metadata{BIOS: OVMFName, Kernel: KernelName, Cmdline: "a b", Initrd: InitrdName, Rootfs: RootfsName, Version: "1", SharedRO: true, OVMFVariant: OVMFVariant}
 	got, err := ParseMetadata(m.JSON())
 	if err != nil || *got != *m {
 		t.Fatalf("round trip: %+v, %v", got, err)
@@ -39,6 +40,10 @@ func TestParseMetadataStrict(t *testing.T) {
 		{"backslash", rep(`"bzImage"`, `"a\\b"`), "plain file name"},
 		{"unknown key", rep(`"is_dev": false`, `"is_dev": false, "extra": 1`), `unknown key "extra"`},
 		{"missing key", rep(`"is_dev": false`, `"shared_ro2": false`), "unknown key"},
+		{"missing ovmf_variant", rep(`,
+    "ovmf_variant": "pre202505"`, ``), `key "ovmf_variant" missing`},
+		{"unknown ovmf_variant", rep(`"pre202505"`, `"post202505"`), `ovmf_variant "post202505"`},
+		{"ovmf_variant not a string", rep(`"pre202505"`, `1`), "want a string"},
 		{"wrong type", rep(`"is_dev": false`, `"is_dev": "false"`), "want true or false"},
 		{"nested value", rep(`"version": "1.0"`, `"version": {"a": 1}`), "want a string"},
 		{"trailing data", goodMetadata + "{}", "data after the object"},
@@ -91,7 +96,7 @@ func TestParseSHA256SumStrict(t *testing.T) {
 // its file names are plain.
 func FuzzParseMetadata(f *testing.F) {
 	f.Add([]byte(goodMetadata))
-	m := &Metadata{Kernel: KernelName, Cmdline: "x", Initrd: InitrdName, Rootfs: RootfsName, SharedRO: true}
+	m := &Metadata{Kernel: KernelName, Cmdline: "x", Initrd: InitrdName, Rootfs: RootfsName, SharedRO: true, OVMFVariant: OVMFVariant}
 	f.Add(m.JSON())
 	f.Fuzz(func(t *testing.T, b []byte) {
 		m, err := ParseMetadata(b)

@@ -12,6 +12,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/authenticode"
 )
 
 // File names of the measurement files a dist directory ships.
@@ -297,20 +299,7 @@ func sha384File(p string) ([]byte, int64, error) {
 // the UKI at path: the digest Google's firmware logs and dstack's GCP
 // verifier compares.
 func UKIAuthenticodeSHA256(path string) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	d, err := FirmwareAuthenticode(f, st.Size(), crypto.SHA256)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	return d, nil
+	return authenticode.FileFirmwareDigest(path, crypto.SHA256)
 }
 
 // Material computes the TDX measurement material of an image.
@@ -384,64 +373,62 @@ type File struct {
 	Data []byte
 }
 
+// Set is the measurement files of a dist directory, and why
+// measurement.tdx.cbor is not among them.
+type Set struct {
+	Files []File // sorted by name
+	// NoTDX says why there is no measurement.tdx.cbor ("" when there is
+	// one): no firmware in metadata.json, or a firmware without TDX metadata.
+	NoTDX string
+}
+
 // Files computes the measurement files of the dist directory dir:
-// measurement.tdx.cbor (when metadata.json names a firmware),
-// measurement.gcp.cbor (when dstack-uki.efi is there) and measurements.json
-// (the human-readable values for DefaultShapes). The result is sorted by
-// name and deterministic; nothing is written.
+// measurement.tdx.cbor (when metadata.json names a firmware with TDX
+// metadata), measurement.gcp.cbor (when dstack-uki.efi is there) and
+// measurements.json (the human-readable values for DefaultShapes). The
+// result is sorted by name and deterministic; nothing is written.
 func Files(dir string) ([]File, error) {
+	s, err := Compute(dir)
+	return s.Files, err
+}
+
+// Compute is Files, also saying why measurement.tdx.cbor is absent. A
+// firmware without TDX metadata (ErrNotTDX) is not an error: the image can
+// still boot on GCP or without TDX, it only has no TDX measurements.
+func Compute(dir string) (Set, error) {
 	var out []File
 	var js jsonMeasurements
+	var set Set
 	uki := filepath.Join(dir, UKIFileName)
 	if _, err := os.Stat(uki); err == nil {
 		d, err := UKIAuthenticodeSHA256(uki)
 		if err != nil {
-			return nil, err
+			return Set{}, err
 		}
 		g, err := GCPMaterial(d)
 		if err != nil {
-			return nil, err
+			return Set{}, err
 		}
 		out = append(out, File{GCPFileName, g})
 		js.UKIAuthSHA256 = d
 	} else if !errors.Is(err, os.ErrNotExist) {
-		return nil, err
+		return Set{}, err
 	}
 	md, err := ReadMetadata(dir)
 	if err != nil {
-		return nil, err
+		return Set{}, err
 	}
-	if md.BIOS != "" {
-		img, _, kf, err := OpenImage(dir)
-		if err != nil {
-			return nil, err
-		}
-		defer kf.Close()
-		m, err := Material(img)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, File{TDXFileName, m.CBOR()})
-		cfv, err := img.Firmware.CFV()
-		if err != nil {
-			return nil, err
-		}
-		js.OVMFVariant = m.OVMFVariant
-		js.MeasuredCmdline = MeasuredCmdline(img.Cmdline, InitrdSuffix)
-		js.CmdlineSHA384, js.InitrdSHA384, js.KernelAuthenticode = m.CmdlineSHA384, m.InitrdSHA384, m.KernelAuthenticode
-		js.CFVSHA384, js.TDHOBWitness = sha384(cfv), m.TDHOBWitness
-		js.MRTDSinglePass, js.MRTDTwoPass = m.MRTDSinglePass, m.MRTDTwoPass
-		for _, s := range DefaultShapes {
-			p, err := Predict(*img, s)
-			if err != nil {
-				return nil, err
-			}
-			order, _ := s.PageOrder()
-			js.Shapes = append(js.Shapes, jsonShape{
-				MemoryBytes: s.MemoryBytes, QEMUVersion: s.QEMUVersion, PageOrder: order.String(),
-				MRTD: p.MRTD, TDHOBSHA384: p.Events[0].Digest, RTMR1: p.RTMR[1], RTMR2: p.RTMR[2],
-				RTMR0Comment: "depends on the VM's ACPI tables: imgpost measure --event-log",
-			})
+	if md.BIOS == "" {
+		set.NoTDX = filepath.Join(dir, "metadata.json") + ": no firmware (\"bios\" is empty)"
+	} else {
+		f, err := tdxFiles(dir, &js)
+		switch {
+		case errors.Is(err, ErrNotTDX):
+			set.NoTDX = err.Error()
+		case err != nil:
+			return Set{}, err
+		default:
+			out = append(out, f)
 		}
 	}
 	var b bytes.Buffer
@@ -449,12 +436,48 @@ func Files(dir string) ([]File, error) {
 	enc.SetEscapeHTML(false)
 	enc.SetIndent("", "  ")
 	if err := enc.Encode(js); err != nil {
-		return nil, err
+		return Set{}, err
 	}
 	out = append(out, File{JSONFileName, b.Bytes()})
 	// Sorted by name: measurement.gcp.cbor, measurement.tdx.cbor, measurements.json.
 	sortFiles(out)
-	return out, nil
+	set.Files = out
+	return set, nil
+}
+
+// tdxFiles computes measurement.tdx.cbor and fills the TDX part of js.
+func tdxFiles(dir string, js *jsonMeasurements) (File, error) {
+	img, _, kf, err := OpenImage(dir)
+	if err != nil {
+		return File{}, err
+	}
+	defer kf.Close()
+	m, err := Material(img)
+	if err != nil {
+		return File{}, err
+	}
+	cfv, err := img.Firmware.CFV()
+	if err != nil {
+		return File{}, err
+	}
+	js.OVMFVariant = m.OVMFVariant
+	js.MeasuredCmdline = MeasuredCmdline(img.Cmdline, InitrdSuffix)
+	js.CmdlineSHA384, js.InitrdSHA384, js.KernelAuthenticode = m.CmdlineSHA384, m.InitrdSHA384, m.KernelAuthenticode
+	js.CFVSHA384, js.TDHOBWitness = sha384(cfv), m.TDHOBWitness
+	js.MRTDSinglePass, js.MRTDTwoPass = m.MRTDSinglePass, m.MRTDTwoPass
+	for _, s := range DefaultShapes {
+		p, err := Predict(*img, s)
+		if err != nil {
+			return File{}, err
+		}
+		order, _ := s.PageOrder()
+		js.Shapes = append(js.Shapes, jsonShape{
+			MemoryBytes: s.MemoryBytes, QEMUVersion: s.QEMUVersion, PageOrder: order.String(),
+			MRTD: p.MRTD, TDHOBSHA384: p.Events[0].Digest, RTMR1: p.RTMR[1], RTMR2: p.RTMR[2],
+			RTMR0Comment: "depends on the VM's ACPI tables: imgpost measure --event-log",
+		})
+	}
+	return File{TDXFileName, m.CBOR()}, nil
 }
 
 func sortFiles(fs []File) {
@@ -468,11 +491,17 @@ func sortFiles(fs []File) {
 // Check recomputes the measurement files of dir and compares them with the
 // ones on disk; it reports the first file that is missing or differs.
 func Check(dir string) error {
-	want, err := Files(dir)
+	s, err := Compute(dir)
 	if err != nil {
 		return err
 	}
-	for _, f := range want {
+	return s.Check(dir)
+}
+
+// Check compares the files of s with those in dir; it reports the first
+// file that is missing or differs.
+func (s Set) Check(dir string) error {
+	for _, f := range s.Files {
 		p := filepath.Join(dir, f.Name)
 		got, err := readLimited(p, 1<<20)
 		if err != nil {

@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/Dstack-TEE/meta-dstack/internal/testutil"
+	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/authenticode"
 )
 
 // distDir makes a dist directory from Debian's kernel, OVMF (the 2 MiB
@@ -105,7 +106,7 @@ func TestFiles(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	plain, _ := FirmwareAuthenticode(kf, st.Size(), crypto.SHA384)
+	plain, _ := authenticode.FirmwareDigest(kf, st.Size(), crypto.SHA384)
 	if !bytes.Equal(k2g, m.KernelAuthenticode) || bytes.Equal(plain, m.KernelAuthenticode) {
 		t.Errorf("kernel digest %x (2 GiB %x, unpatched %x)", m.KernelAuthenticode, k2g, plain)
 	}
@@ -158,8 +159,32 @@ func TestFilesRejects(t *testing.T) {
 		}
 	}
 	write("metadata.json", string(md))
-	write("ovmf.fd", "not a firmware, but long enough to look for a GUIDed table footer in it")
-	if _, err := Files(dir); err == nil || !strings.Contains(err.Error(), "ovmf.fd") {
-		t.Errorf("bad firmware: %v", err)
+	// A firmware without TDX metadata (not an OVMF image at all, or Debian's
+	// OVMF_CODE_4M.fd) is no error: no measurement.tdx.cbor, and why.
+	for _, fw := range []string{"not a firmware, but long enough to look for a GUIDed table footer in it", "debian"} {
+		if fw == "debian" {
+			b, err := os.ReadFile(testutil.DebianOVMF)
+			if err != nil {
+				t.Skipf("%s: %v", testutil.DebianOVMF, err)
+			}
+			fw = string(b)
+		}
+		write("ovmf.fd", fw)
+		s, err := Compute(dir)
+		if err != nil || !strings.Contains(s.NoTDX, "ovmf.fd") || !strings.Contains(s.NoTDX, "TDX") {
+			t.Errorf("firmware without TDX metadata: %v, NoTDX %q", err, s.NoTDX)
+		}
+		var names []string
+		for _, f := range s.Files {
+			names = append(names, f.Name)
+		}
+		if strings.Join(names, " ") != GCPFileName+" "+JSONFileName {
+			t.Errorf("firmware without TDX metadata: files %v", names)
+		}
+	}
+	os.Remove(filepath.Join(dir, "ovmf.fd"))
+	write("metadata.json", strings.Replace(string(md), `"ovmf.fd"`, `""`, 1))
+	if s, err := Compute(dir); err != nil || !strings.Contains(s.NoTDX, "no firmware") || len(s.Files) != 2 {
+		t.Errorf("no firmware: %v, %q, %d files", err, s.NoTDX, len(s.Files))
 	}
 }

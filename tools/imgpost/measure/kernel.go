@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"unicode/utf16"
+
+	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/authenticode"
 )
 
 // acpiDataSize is what QEMU's pc machines keep free at the top of low RAM
@@ -101,11 +103,26 @@ func PatchedKernelAuthenticode(r io.ReaderAt, size int64, initrdSize, memSize ui
 	if err != nil {
 		return nil, err
 	}
-	d, err := FirmwareAuthenticode(overlay{r, patched}, size, h)
+	d, err := authenticode.FirmwareDigest(overlay{r, patched}, size, h)
 	if err != nil {
 		return nil, fmt.Errorf("kernel: %w", err)
 	}
 	return d, nil
+}
+
+// overlay is an io.ReaderAt that reads base with patch laid over its first
+// bytes: the kernel as QEMU has patched its setup header.
+type overlay struct {
+	base  io.ReaderAt
+	patch []byte
+}
+
+func (o overlay) ReadAt(p []byte, off int64) (int, error) {
+	n, err := o.base.ReadAt(p, off)
+	if off < int64(len(o.patch)) {
+		copy(p[:n], o.patch[off:])
+	}
+	return n, err
 }
 
 // InitrdArg says where OVMF's QEMU kernel loader puts the "initrd=initrd"

@@ -18,6 +18,7 @@ import (
 	"github.com/Dstack-TEE/meta-dstack/internal/initramfs"
 	"github.com/Dstack-TEE/meta-dstack/internal/qemu"
 	"github.com/Dstack-TEE/meta-dstack/internal/testutil"
+	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/authenticode"
 	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/uki"
 )
 
@@ -222,7 +223,7 @@ func TestVTPMUKIBoot(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		want, err := FirmwareAuthenticode(bytes.NewReader(b), int64(len(b)), alg.h)
+		want, err := authenticode.FirmwareDigest(bytes.NewReader(b), int64(len(b)), alg.h)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -230,7 +231,7 @@ func TestVTPMUKIBoot(t *testing.T) {
 			t.Errorf("alg %#x: no PCR4 application event with the predicted UKI digest %x; log:\n%s", alg.id, want, describe(l, 4))
 		}
 		pb := append(bytes.Clone(b), make([]byte, 8-len(b)%8)...)
-		padded, _ := FirmwareAuthenticode(bytes.NewReader(pb), int64(len(pb)), alg.h)
+		padded, _ := authenticode.FirmwareDigest(bytes.NewReader(pb), int64(len(pb)), alg.h)
 		if findEvent(l, 4, EvEFIBootServicesApp, padded) {
 			t.Errorf("alg %#x: the firmware logged the zero-padded digest", alg.id)
 		}

@@ -34,6 +34,7 @@ import (
 	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/disk"
 	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/dist"
 	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/gcptar"
+	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/measure"
 	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/pe"
 	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/sqfs"
 	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/verity"
@@ -482,7 +483,56 @@ func checkDir(dir string, rep *Report, o Options) error {
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
+	if err := checkMeasurements(dir, listed, rep); err != nil {
+		return err
+	}
 	rep.UKISHA256, rep.UKIAuthenticode = ukiSum, adHex
+	return nil
+}
+
+// checkMeasurements recomputes the measurement files (measure.Compute) of
+// a set whose sha256sum.txt lists any: the list must name exactly the files
+// the set's firmware, kernel, initrd, command line and UKI give, and each
+// must be byte for byte the recomputed one. A set listing none (built before
+// dist wrote them) is reported as such.
+func checkMeasurements(dir string, listed []string, rep *Report) error {
+	var lm []string
+	for _, n := range listed {
+		if n == measure.TDXFileName || n == measure.GCPFileName || n == measure.JSONFileName {
+			lm = append(lm, n)
+		}
+	}
+	if len(lm) == 0 {
+		rep.ok("%s lists no measurement files: measurements not checked", dist.SumName)
+		return nil
+	}
+	ms, err := measure.Compute(dir)
+	if err != nil {
+		return fmt.Errorf("measurements: %w", err)
+	}
+	var want []string
+	for _, f := range ms.Files {
+		want = append(want, f.Name)
+		if !slices.Contains(lm, f.Name) {
+			why := ""
+			if ms.NoTDX == "" && f.Name == measure.TDXFileName {
+				why = " (the firmware has TDX metadata)"
+			}
+			return fmt.Errorf("%s does not list %s%s", dist.SumName, f.Name, why)
+		}
+	}
+	for _, n := range lm {
+		if !slices.Contains(want, n) {
+			if n == measure.TDXFileName {
+				return fmt.Errorf("%s lists %s, but the set has none: %s", dist.SumName, n, ms.NoTDX)
+			}
+			return fmt.Errorf("%s lists %s, but the set gives none", dist.SumName, n)
+		}
+	}
+	if err := ms.Check(dir); err != nil {
+		return err
+	}
+	rep.ok("measurements: %s recomputed from the set and equal", strings.Join(want, ", "))
 	return nil
 }
 

@@ -3,6 +3,7 @@ package verifyimg
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -12,6 +13,7 @@ import (
 	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/disk"
 	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/dist"
 	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/gcptar"
+	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/measure"
 	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/uki"
 )
 
@@ -28,7 +30,7 @@ func fixture(t *testing.T) (string, *dist.Result) {
 	t.Helper()
 	testutil.Need(t, "mksquashfs", "cp")
 	testutil.NeedFile(t, testutil.DebianStub, "systemd-boot-efi")
-	testutil.NeedFile(t, testutil.DebianOVMF, "ovmf")
+	testutil.NeedFile(t, tdxOVMF, "ovmf")
 	testutil.DebianKernel(t)
 	fixOnce.Do(func() {
 		dir, err := os.MkdirTemp("", "verifyimg-fixture-")
@@ -37,6 +39,7 @@ func fixture(t *testing.T) (string, *dist.Result) {
 			return
 		}
 		fixIn = testutil.MakeDistInputs(t, dir, 2<<20, 5)
+		fixIn.OVMF = tdxOVMF // with TDX metadata: the set has measurement.tdx.cbor
 		fixDir = filepath.Join(dir, "images")
 		fixRes, fixErr = dist.Run(dist.Options{
 			Kernel: fixIn.Kernel, Initrd: fixIn.Initrd, Rootfs: fixIn.Rootfs, Stub: fixIn.Stub, OVMF: fixIn.OVMF,
@@ -58,6 +61,31 @@ func TestMain(m *testing.M) {
 		os.RemoveAll(filepath.Dir(fixDir))
 	}
 	os.Exit(code)
+}
+
+// tdxOVMF is Debian's OVMF.fd, which has TDX metadata (OVMF_CODE_4M.fd has none).
+const tdxOVMF = "/usr/share/ovmf/OVMF.fd"
+
+// resum regenerates sha256sum.txt (same names, same order, with GNU
+// sha256sum) and digest.txt, as someone changing files would.
+func resum(t *testing.T, set string) {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(set, dist.SumName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, l := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		names = append(names, strings.Fields(l)[1])
+	}
+	cmd := exec.Command("sha256sum", names...)
+	cmd.Dir = set
+	sums, err := cmd.Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(set, dist.SumName), sums, 0o644)
+	os.WriteFile(filepath.Join(set, dist.DigestName), dist.DigestText(sums), 0o644)
 }
 
 // work copies the fixture (sparse) into a fresh directory and returns the
@@ -84,6 +112,9 @@ func TestVerifyGood(t *testing.T) {
 		}
 		if !strings.Contains(rep.String(), "OK") {
 			t.Errorf("report:\n%s", rep)
+		}
+		if p == set && !strings.Contains(rep.String(), "measurements: measurement.gcp.cbor, measurement.tdx.cbor, measurements.json recomputed") {
+			t.Errorf("report does not show the measurement check:\n%s", rep)
 		}
 	}
 }
@@ -160,6 +191,25 @@ func TestVerifyTampered(t *testing.T) {
 			sums := testutil.Run(t, "sh", "-c", "cd "+set+" && sha256sum ovmf.fd bzImage initramfs.cpio.gz metadata.json")
 			os.WriteFile(filepath.Join(set, dist.SumName), []byte(sums), 0o644)
 		}, "digest.txt"},
+		{"dir-measurement-tdx-byte-resummed", setPath, func(t *testing.T, out, set string) {
+			testutil.FlipByte(t, filepath.Join(set, measure.TDXFileName), 40)
+			resum(t, set)
+		}, "measurement.tdx.cbor: differs from the measurements recomputed"},
+		{"dir-kernel-byte-resummed", setPath, func(t *testing.T, out, set string) {
+			p := filepath.Join(set, dist.KernelName)
+			st, _ := os.Stat(p)
+			testutil.FlipByte(t, p, st.Size()/2) // inside the kernel's sections: its Authenticode digest changes
+			resum(t, set)
+		}, "measurement.tdx.cbor: differs from the measurements recomputed"},
+		{"dir-measurement-line-dropped", setPath, func(t *testing.T, out, set string) {
+			cmd := exec.Command("sh", "-c", "grep -v measurement.tdx.cbor sha256sum.txt > s && mv s sha256sum.txt")
+			cmd.Dir = set
+			if o, err := cmd.CombinedOutput(); err != nil {
+				t.Fatalf("%v %s", err, o)
+			}
+			os.Remove(filepath.Join(set, measure.TDXFileName))
+			resum(t, set)
+		}, "does not list measurement.tdx.cbor"},
 		{"dir-sums-line-dropped", setPath, func(t *testing.T, out, set string) {
 			sums := testutil.Run(t, "sh", "-c", "cd "+set+" && sha256sum ovmf.fd bzImage initramfs.cpio.gz")
 			os.WriteFile(filepath.Join(set, dist.SumName), []byte(sums), 0o644)

@@ -13,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/Dstack-TEE/meta-dstack/internal/testutil"
+	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/authenticode"
 )
 
 var calcRE = regexp.MustCompile(`Calculated message digest\s*:\s*([0-9A-Fa-f]+)`)
@@ -44,7 +45,7 @@ func fileDigest(t *testing.T, p string, h crypto.Hash) string {
 	}
 	defer f.Close()
 	st, _ := f.Stat()
-	d, err := FirmwareAuthenticode(f, st.Size(), h)
+	d, err := authenticode.FirmwareDigest(f, st.Size(), h)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -108,7 +109,7 @@ func TestFirmwareAuthenticodeRejects(t *testing.T) {
 	}
 	for name, mut := range cases {
 		b := mut(bytes.Clone(stub))
-		if _, err := FirmwareAuthenticode(bytes.NewReader(b), int64(len(b)), crypto.SHA384); err == nil {
+		if _, err := authenticode.FirmwareDigest(bytes.NewReader(b), int64(len(b)), crypto.SHA384); err == nil {
 			t.Errorf("%s: accepted", name)
 		}
 	}
