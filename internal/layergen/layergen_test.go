@@ -189,7 +189,7 @@ func TestGolden(t *testing.T) {
 	}
 	// Properties of the variant, checked directly.
 	mustContain := map[string][]string{
-		"meta-dstack/conf/distro/acme.conf":                       {`DISTRO = "acme"`, `DISTRO_VERSION = "2.0"`, `'0'}"`, `DSTACK_GCP_CMDLINE_EXTRA ?= "dstack.data_dev=/dev/nvme0n2"`},
+		"meta-dstack/conf/distro/acme.conf":                       {`DISTRO = "acme"`, `DISTRO_VERSION = "2.0"`, `ENABLE_GCP_IMAGE ?= "0"`, `DSTACK_GCP_CMDLINE_EXTRA ?= "dstack.data_dev=/dev/nvme0n2"`},
 		"meta-dstack/conf/multiconfig/nvidia.conf":                {`DSTACK_FLAVOR = "nvidia"`, `DSTACK_FLAVOR_PACKAGES = "nvidia-driver"`},
 		"meta-dstack/conf/templates/default/local.conf.sample":    {`DL_DIR ?= "/srv/dl"`, `SSTATE_MIRRORS ?= "file://.* https://sstate.example.com/PATH;downloadfilename=PATH"`, `BB_HASHSERVE ?= "hashserv.example.com:8686"`, `BB_SIGNATURE_HANDLER ?= "OEEquivHash"`, `BBMULTICONFIG ?= "prod dev nvidia"`},
 		"meta-dstack/conf/layer.conf":                             {`BBFILE_COLLECTIONS += "acme"`, `LAYERSERIES_COMPAT_acme = "wrynose"`},
