@@ -172,7 +172,7 @@ func TestBuildRunsPinnedFetchesConfigAndBitBake(t *testing.T) {
 			wantLayers = append(wantLayers, filepath.Join(f.root, ".cache/layers", p.Name, sd))
 		}
 	}
-	wantLayers = append(wantLayers, filepath.Join(f.root, "meta-dstack"))
+	wantLayers = append(wantLayers, filepath.Join(f.root, "meta-dstack"), filepath.Join(f.root, "meta-dstack-bsp"))
 	var gotLayers []string
 	for _, l := range strings.Fields(vars.Expand(vars["BBLAYERS"])) {
 		gotLayers = append(gotLayers, filepath.Clean(l))

@@ -206,7 +206,8 @@ func TestGolden(t *testing.T) {
 	}
 	for p, data := range got {
 		first := strings.SplitN(data, "\n", 2)[0]
-		if !strings.Contains(first, Marker+" from templates/meta-dstack/") {
+		// A file under <layer>/ (meta-dstack, meta-dstack-bsp) comes from templates/<layer>/.
+		if !strings.Contains(first, Marker+" from templates/"+strings.SplitN(p, "/", 2)[0]+"/") {
 			t.Errorf("%s: first line %q is not the generated-file comment", p, first)
 		}
 	}

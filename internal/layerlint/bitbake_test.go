@@ -17,6 +17,65 @@ import (
 
 func layerRoot(t *testing.T) string { return filepath.Join(testutil.RepoRoot(t), "meta-dstack") }
 
+// layerNames are the repository's layers: the distro layer and the machine
+// (BSP) layer beside it.
+var layerNames = []string{"meta-dstack", "meta-dstack-bsp"}
+
+// allMetadata reads the BitBake files of every layer of the repository.
+func allMetadata(t *testing.T) (map[string][]Statement, []string) {
+	t.Helper()
+	all := map[string][]Statement{}
+	var names []string
+	for _, l := range layerNames {
+		files, n, err := MetadataFiles(filepath.Join(testutil.RepoRoot(t), l))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(n) == 0 {
+			t.Fatalf("no metadata files in %s", l)
+		}
+		for k, v := range files {
+			all[k] = v
+		}
+		names = append(names, n...)
+	}
+	return all, names
+}
+
+// TestLayersAreDistroOrBSP: yocto-check-layer stops at once on a layer with
+// both conf/distro and conf/machine ("Can't be DISTRO and BSP type at the
+// same time"); the distro and the machine live in separate layers.
+func TestLayersAreDistroOrBSP(t *testing.T) {
+	root := testutil.RepoRoot(t)
+	kinds := map[string]string{}
+	for _, l := range layerNames {
+		if _, err := os.Stat(filepath.Join(root, l, "conf", "layer.conf")); err != nil {
+			t.Fatalf("%s is not a layer: %v", l, err)
+		}
+		var has []string
+		for _, k := range []string{"distro", "machine"} {
+			if _, err := os.Stat(filepath.Join(root, l, "conf", k)); err == nil {
+				has = append(has, k)
+			}
+		}
+		if len(has) > 1 {
+			t.Errorf("%s has both conf/distro and conf/machine: yocto-check-layer refuses it", l)
+		}
+		kinds[l] = strings.Join(has, "")
+	}
+	v := repoValues(t)
+	if _, err := os.Stat(filepath.Join(root, "meta-dstack", "conf", "distro", v.Distro.Name+".conf")); err != nil {
+		t.Errorf("the distro is not in meta-dstack: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(root, "meta-dstack-bsp", "conf", "machine", v.Machine.Name+".conf")); err != nil {
+		t.Errorf("the machine is not in meta-dstack-bsp: %v", err)
+	}
+	// yocto-check-layer's test_security looks for SECURITY* in the layer or at the top of the repository.
+	if st, err := os.Stat(filepath.Join(root, "SECURITY.md")); err != nil || st.Size() == 0 {
+		t.Errorf("no SECURITY.md with content at the top of the repository: %v", err)
+	}
+}
+
 func repoValues(t *testing.T) *values.Values {
 	v, err := values.Load(filepath.Join(testutil.RepoRoot(t), values.DefaultPath))
 	if err != nil {
@@ -129,10 +188,7 @@ func TestOrigEnvCases(t *testing.T) {
 // TestLayerNoOrigEnvDependency: no file of the layer makes task hashes depend
 // on BB_ORIGENV.
 func TestLayerNoOrigEnvDependency(t *testing.T) {
-	files, names, err := MetadataFiles(layerRoot(t))
-	if err != nil {
-		t.Fatal(err)
-	}
+	files, names := allMetadata(t)
 	if len(names) < 10 {
 		t.Fatalf("only %d metadata files found in the layer", len(names))
 	}
@@ -175,10 +231,7 @@ func TestAppendCases(t *testing.T) {
 // its machine or distro.
 func TestLayerAppendsScoped(t *testing.T) {
 	v := repoValues(t)
-	files, names, err := MetadataFiles(layerRoot(t))
-	if err != nil {
-		t.Fatal(err)
-	}
+	files, names := allMetadata(t)
 	seen := map[string]bool{}
 	for _, n := range names {
 		if filepath.Ext(n) != ".bbappend" {
@@ -383,7 +436,7 @@ func flowProblems(t *testing.T, top string, block []string, v *values.Values, re
 			want[filepath.Join(top, p.Name, sd)] = true
 		}
 	}
-	found := false
+	found := map[string]bool{}
 	for _, l := range layers {
 		if strings.Contains(l, "${") {
 			t.Errorf("BBLAYERS entry %s is not resolved by the sample", l)
@@ -394,14 +447,16 @@ func flowProblems(t *testing.T, top string, block []string, v *values.Values, re
 			continue
 		}
 		delete(want, filepath.Clean(l))
-		if r, err := filepath.EvalSymlinks(l); err == nil && r == filepath.Join(repo, "meta-dstack") {
-			found = true
+		if r, err := filepath.EvalSymlinks(l); err == nil {
+			found[r] = true
 		}
 	}
 	for l := range want {
 		t.Errorf("BBLAYERS lacks %s", l)
 	}
-	if !found {
-		t.Errorf("BBLAYERS %q does not name this repository's meta-dstack layer", layers)
+	for _, l := range layerNames {
+		if !found[filepath.Join(repo, l)] {
+			t.Errorf("BBLAYERS %q does not name this repository's %s layer", layers, l)
+		}
 	}
 }
