@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/Dstack-TEE/meta-dstack/internal/layerlint"
 	"github.com/Dstack-TEE/meta-dstack/internal/testutil"
 	"github.com/Dstack-TEE/meta-dstack/internal/values"
 )
@@ -47,6 +48,8 @@ func newFixture(t *testing.T) *fixture {
 	copyFile(t, "testdata/fake-git", filepath.Join(f.bin, "git"), 0o755)
 	copyFile(t, "testdata/fake-bitbake", filepath.Join(f.bin, "bitbake"), 0o755)
 	copyFile(t, "testdata/local.conf.sample", filepath.Join(tc, "local.conf.sample"), 0o644)
+	// The layer's own bblayers.conf.sample, as `go run mage.go layer` renders it.
+	copyFile(t, filepath.Join(repo, "meta-dstack", "conf", "templates", "default", "bblayers.conf.sample"), filepath.Join(tc, "bblayers.conf.sample"), 0o644)
 	copyFile(t, filepath.Join(repo, "repro-build", "Dockerfile"), filepath.Join(f.root, "repro-build", "Dockerfile"), 0o644)
 	vpath := filepath.Join(repo, values.DefaultPath)
 	v, err := values.Load(vpath)
@@ -154,16 +157,31 @@ func TestBuildRunsPinnedFetchesConfigAndBitBake(t *testing.T) {
 		}
 		return string(b)
 	}
+	// bblayers.conf as BitBake evaluates it: exactly the pinned layers' subdirectories
+	// and meta-dstack, in order.
 	bbl := read("bblayers.conf")
+	sts, err := layerlint.ParseStatements("bblayers.conf", []byte(bbl))
+	if err != nil {
+		t.Fatal(err)
+	}
+	vars := layerlint.Vars{}
+	vars.Apply(sts)
+	var wantLayers []string
 	for _, p := range f.vals.Layers {
 		for _, sd := range p.Subdirs {
-			if d := filepath.Join(f.root, ".cache/layers", p.Name, sd); !strings.Contains(bbl, "  "+d+" \\\n") {
-				t.Errorf("bblayers.conf lacks %s:\n%s", d, bbl)
-			}
+			wantLayers = append(wantLayers, filepath.Join(f.root, ".cache/layers", p.Name, sd))
 		}
 	}
-	if !strings.Contains(bbl, filepath.Join(f.root, "meta-dstack")+" \\\n") {
-		t.Errorf("bblayers.conf lacks meta-dstack:\n%s", bbl)
+	wantLayers = append(wantLayers, filepath.Join(f.root, "meta-dstack"), filepath.Join(f.root, "meta-dstack-bsp"))
+	var gotLayers []string
+	for _, l := range strings.Fields(vars.Expand(vars["BBLAYERS"])) {
+		gotLayers = append(gotLayers, filepath.Clean(l))
+	}
+	if strings.Join(gotLayers, "\n") != strings.Join(wantLayers, "\n") {
+		t.Errorf("bblayers.conf's BBLAYERS:\n%s\nwant:\n%s\n--- bblayers.conf ---\n%s", strings.Join(gotLayers, "\n"), strings.Join(wantLayers, "\n"), bbl)
+	}
+	if strings.Contains(bbl, "##OEROOT##") {
+		t.Errorf("bblayers.conf: ##OEROOT## not substituted:\n%s", bbl)
 	}
 	auto := read("auto.conf")
 	for _, w := range []string{
@@ -421,11 +439,16 @@ func TestUnknownFlavor(t *testing.T) {
 }
 
 func TestMissingTemplateConf(t *testing.T) {
-	f := newFixture(t)
-	os.Remove(filepath.Join(f.root, "meta-dstack/conf/templates/default/local.conf.sample"))
-	err := Build(context.Background(), f.Env(okHost()))
-	if err == nil || !strings.Contains(err.Error(), "local.conf.sample") {
-		t.Fatalf("err = %v", err)
+	for _, name := range []string{"local.conf.sample", "bblayers.conf.sample"} {
+		f := newFixture(t)
+		os.Remove(filepath.Join(f.root, "meta-dstack/conf/templates/default", name))
+		err := Build(context.Background(), f.Env(okHost()))
+		if err == nil || !strings.Contains(err.Error(), name) {
+			t.Fatalf("without %s: err = %v", name, err)
+		}
+		if c := f.calls(t); len(c) != 0 {
+			t.Errorf("without %s: commands ran: %q", name, c)
+		}
 	}
 }
 

@@ -205,7 +205,7 @@ func TestGolden(t *testing.T) {
 	}
 	// Properties of the variant, checked directly.
 	mustContain := map[string][]string{
-		"meta-dstack/conf/distro/acme.conf":                       {`DISTRO = "acme"`, `DISTRO_VERSION = "2.0"`, `'0'}"`, `DSTACK_GCP_CMDLINE_EXTRA ?= "dstack.data_dev=/dev/nvme0n2"`},
+		"meta-dstack/conf/distro/acme.conf":                       {`DISTRO = "acme"`, `DISTRO_VERSION = "2.0"`, `ENABLE_GCP_IMAGE ?= "0"`, `DSTACK_GCP_CMDLINE_EXTRA ?= "dstack.data_dev=/dev/nvme0n2"`},
 		"meta-dstack/conf/multiconfig/nvidia.conf":                {`DSTACK_FLAVOR = "nvidia"`, `DSTACK_FLAVOR_PACKAGES = "nvidia-driver"`},
 		"meta-dstack/conf/templates/default/local.conf.sample":    {`DL_DIR ?= "/srv/dl"`, `SSTATE_MIRRORS ?= "file://.* https://sstate.example.com/PATH;downloadfilename=PATH"`, `BB_HASHSERVE ?= "hashserv.example.com:8686"`, `BB_SIGNATURE_HANDLER ?= "OEEquivHash"`, `BBMULTICONFIG ?= "prod dev nvidia"`},
 		"meta-dstack/conf/layer.conf":                             {`BBFILE_COLLECTIONS += "acme"`, `LAYERSERIES_COMPAT_acme = "wrynose"`},
@@ -222,7 +222,8 @@ func TestGolden(t *testing.T) {
 	}
 	for p, data := range got {
 		first := strings.SplitN(data, "\n", 2)[0]
-		if !strings.Contains(first, Marker+" from templates/meta-dstack/") {
+		// A file under <layer>/ (meta-dstack, meta-dstack-bsp) comes from templates/<layer>/.
+		if !strings.Contains(first, Marker+" from templates/"+strings.SplitN(p, "/", 2)[0]+"/") {
 			t.Errorf("%s: first line %q is not the generated-file comment", p, first)
 		}
 	}

@@ -81,14 +81,18 @@ func TestExpandCatchesPipes(t *testing.T) {
 	}
 }
 
-// TestLayerShell checks every shell function and script in meta-dstack.
+// TestLayerShell checks every shell function and script in the repository's layers.
 func TestLayerShell(t *testing.T) {
 	testutil.Need(t, "shellcheck", "sh", "bash")
-	root := filepath.Join(testutil.RepoRoot(t), "meta-dstack")
-	snips, err := Collect(root)
-	if err != nil {
-		t.Fatal(err)
+	var snips []Snippet
+	for _, l := range layerNames {
+		s, err := Collect(filepath.Join(testutil.RepoRoot(t), l))
+		if err != nil {
+			t.Fatal(err)
+		}
+		snips = append(snips, s...)
 	}
+	root := testutil.RepoRoot(t)
 	names := map[string]bool{}
 	for _, s := range snips {
 		rel, _ := filepath.Rel(root, s.File)
@@ -115,10 +119,10 @@ func TestLayerShell(t *testing.T) {
 	}
 	// The check must have seen the code that matters.
 	for _, want := range []string{
-		"classes/dstack-image.bbclass:do_dstack_dist",
-		"recipes-devtools/imgpost/imgpost-native_1.0.bb:do_compile",
-		"recipes-core/ovmf/ovmf_%.bbappend:do_deploy:append:class-target:tdx-guest",
-		"recipes-core/dstack-prepare/dstack-prepare_1.0.bb:do_install",
+		"meta-dstack/classes/dstack-image.bbclass:do_dstack_dist",
+		"meta-dstack/recipes-devtools/imgpost/imgpost-native_1.0.bb:do_compile",
+		"meta-dstack-bsp/recipes-core/ovmf/ovmf_%.bbappend:do_deploy:append:class-target:tdx-guest",
+		"meta-dstack/recipes-core/dstack-prepare/dstack-prepare_1.0.bb:do_install",
 	} {
 		if !names[want] {
 			t.Errorf("shell function %s not found by Collect", want)

@@ -30,7 +30,9 @@ ENABLE_GCP_IMAGE ?= "0"
 
 DSTACK_KERNEL ?= "${DEPLOY_DIR_IMAGE}/${KERNEL_IMAGETYPE}"
 DSTACK_INITRD ?= "${DEPLOY_DIR_IMAGE}/${DSTACK_INITRAMFS_IMAGE}-${MACHINE}.cpio.gz"
-DSTACK_ROOTFS ?= "${IMGDEPLOYDIR}/${IMAGE_LINK_NAME}.squashfs"
+# The deployed rootfs: do_image_complete's sstate step moves IMGDEPLOYDIR's files into
+# DEPLOY_DIR_IMAGE (also when it is restored from sstate), and this task runs after it.
+DSTACK_ROOTFS ?= "${DEPLOY_DIR_IMAGE}/${IMAGE_LINK_NAME}.squashfs"
 DSTACK_STUB ?= "${DEPLOY_DIR_IMAGE}/linuxx64.efi.stub"
 DSTACK_OVMF ?= "${DEPLOY_DIR_IMAGE}/ovmf.fd"
 DSTACK_DISTDIR = "${WORKDIR}/dstack-dist"
