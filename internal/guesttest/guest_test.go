@@ -56,7 +56,9 @@ var (
 func TestMain(m *testing.M) {
 	code := m.Run()
 	if fix.dir != "" {
-		os.RemoveAll(fix.dir)
+		if err := removeTree(fix.dir); err != nil {
+			fmt.Fprintln(os.Stderr, "guesttest:", err)
+		}
 	}
 	os.Exit(code)
 }
@@ -118,25 +120,37 @@ func buildFixture(t *testing.T, h demo.Host, imgpost, root string) error {
 		return err
 	}
 	t.Logf("Debian root %s (%v)", debTar, time.Since(start).Round(time.Second))
-	build := filepath.Join(dir, "build")
-	if err := buildDoubles(root, build); err != nil {
-		return err
-	}
-	stage := filepath.Join(dir, "stage")
-	if err := buildStage(h, root, debTar, stage, build); err != nil {
-		return err
-	}
 	deploy := filepath.Join(dir, "deploy")
 	if err := os.MkdirAll(deploy, 0o755); err != nil {
 		return err
 	}
 	rootfs := filepath.Join(deploy, demo.RootfsName)
-	if out, err := exec.Command("mksquashfs", stage, rootfs, "-noappend", "-comp", "zstd", "-mkfs-time", "0",
-		"-all-time", "0", "-no-progress", "-quiet", "-processors", "2").CombinedOutput(); err != nil {
-		return fmt.Errorf("mksquashfs: %v\n%s", err, out)
-	}
-	if err := os.RemoveAll(stage); err != nil {
+	key, err := rootfsKey(root, debTar, h.KernelVersion)
+	if err != nil {
 		return err
+	}
+	cached := filepath.Join(cacheDir(), "rootfs-"+key+".squashfs")
+	if err := copyFile(cached, rootfs, 0o644); err == nil {
+		t.Logf("guest root from the cache: %s", cached)
+	} else {
+		build := filepath.Join(dir, "build")
+		if err := buildDoubles(root, build); err != nil {
+			return err
+		}
+		stage := filepath.Join(dir, "stage")
+		if err := buildStage(h, root, debTar, stage, build); err != nil {
+			return err
+		}
+		if out, err := exec.Command("mksquashfs", stage, rootfs, "-noappend", "-comp", "zstd", "-Xcompression-level", "3", "-mkfs-time", "0",
+			"-all-time", "0", "-no-progress", "-quiet", "-processors", "2").CombinedOutput(); err != nil {
+			return fmt.Errorf("mksquashfs: %v\n%s", err, out)
+		}
+		if err := removeTree(stage); err != nil {
+			return err
+		}
+		if err := copyFile(rootfs, cached+".tmp", 0o644); err == nil {
+			os.Rename(cached+".tmp", cached)
+		}
 	}
 	initrd := filepath.Join(deploy, demo.InitrdName)
 	f, err := os.Create(initrd)
@@ -174,8 +188,8 @@ func buildFixture(t *testing.T, h demo.Host, imgpost, root string) error {
 	return nil
 }
 
-// composeApp is the docker-compose app: the image comes from the disk with
-// serial guesttest-image (pre_launch_script loads it; no registry), the
+// composeApp is the docker-compose app: the image comes from the disk
+// /dev/vdc (pre_launch_script loads it; no registry), the
 // container writes to a named volume (on the data disk through
 // /var/lib/docker), prints its marker on the serial console and signals the
 // test's poweroff unit.
@@ -202,7 +216,7 @@ volumes:
 		"gateway_enabled":     true,
 		"public_logs":         true,
 		"storage_fs":          "ext4",
-		"pre_launch_script":   "docker load -i /dev/disk/by-id/virtio-guesttest-image",
+		"pre_launch_script":   "docker load -i /dev/vdc",
 		"init_script":         `echo "GUESTTEST-INIT in $(pwd), data disk $(findmnt -n -o SOURCE /dstack/persistent)"`,
 	}
 }
@@ -274,14 +288,17 @@ func blankDisk(t *testing.T, name string, size int64) string {
 // vmConfig is the bare-metal boot of the fixture (metadata.json's kernel,
 // initramfs and command line plus extra words) with the data disk as
 // /dev/vdb, the app image as /dev/vdc and shared as the 9p host-shared tag.
+// (Drives given a serial would come first: none has one.)
 func (f *fixture) vmConfig(t *testing.T, data, shared string, extra ...string) qemu.Config {
 	t.Helper()
 	cfg, err := demo.BareMetalConfig(f.distDir, data)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg.Append = strings.Join(append([]string{cfg.Append, "panic=-1"}, extra...), " ")
-	cfg.Drives = append(cfg.Drives, qemu.Drive{Path: f.image, ReadOnly: true, Serial: "guesttest-image"})
+	// apparmor=0: Debian's kernel enables AppArmor, which docker then
+	// insists on loading profiles for; the layer's kernel has no AppArmor.
+	cfg.Append = strings.Join(append([]string{cfg.Append, "panic=-1", "apparmor=0"}, extra...), " ")
+	cfg.Drives = append(cfg.Drives, qemu.Drive{Path: f.image, ReadOnly: true})
 	cfg.MemoryMiB = 1536
 	cfg.CPUs = 2
 	cfg.ExtraArgs = append(cfg.ExtraArgs,
@@ -301,6 +318,9 @@ func bootTo(t *testing.T, name string, cfg qemu.Config, marker *regexp.Regexp) (
 	t.Helper()
 	var tm timings
 	cfg.LogPath = filepath.Join(t.TempDir(), name+"-console.log")
+	if d := os.Getenv("DSTACK_GUESTTEST_LOGDIR"); d != "" {
+		cfg.LogPath = filepath.Join(d, t.Name()+"-"+name+"-console.log")
+	}
 	start := time.Now()
 	vm, err := qemu.Start(cfg)
 	if err != nil {
@@ -308,11 +328,11 @@ func bootTo(t *testing.T, name string, cfg qemu.Config, marker *regexp.Regexp) (
 	}
 	defer vm.Close()
 	if _, err := vm.WaitFor(regexp.MustCompile(regexp.QuoteMeta(markSwitch)), bootTimeout); err != nil {
-		t.Fatalf("%s: %v", name, err)
+		t.Fatalf("%s: %v\n--- whole console ---\n%s", name, err, vm.Output())
 	}
 	tm.switchRoot = time.Since(start)
 	if _, err := vm.WaitFor(marker, bootTimeout); err != nil {
-		t.Fatalf("%s: %v", name, err)
+		t.Fatalf("%s: %v\n--- whole console ---\n%s", name, err, vm.Output())
 	}
 	tm.marker = time.Since(start)
 	if err := vm.Wait(3 * time.Minute); err != nil {

@@ -187,6 +187,40 @@ func installModules(h demo.Host, stage string) error {
 	return nil
 }
 
+// stageVersion changes whenever buildStage changes what it makes.
+const stageVersion = "3"
+
+// rootfsKey names a squashed guest root by what went into it: the Debian
+// tar, the kernel's modules, the recipes' directories, the doubles and this
+// package's additions.
+func rootfsKey(root, debTar, kernelVersion string) (string, error) {
+	h := sha256.New()
+	fmt.Fprintf(h, "%s\n%s\n%s\n%s\n%s\n%q\n", stageVersion, filepath.Base(debTar), kernelVersion, poweroffUnit, poweroffScript, moduleDirs)
+	dirs := []string{"internal/guesttest/testdata"}
+	for _, r := range recipes {
+		dirs = append(dirs, filepath.Dir(r))
+	}
+	for _, d := range dirs {
+		err := filepath.WalkDir(filepath.Join(root, d), func(p string, e fs.DirEntry, err error) error {
+			if err != nil || e.IsDir() {
+				return err
+			}
+			b, err := os.ReadFile(p)
+			if err != nil {
+				return err
+			}
+			rel, _ := filepath.Rel(root, p)
+			fmt.Fprintf(h, "%s %d\n", rel, len(b))
+			h.Write(b)
+			return nil
+		})
+		if err != nil {
+			return "", err
+		}
+	}
+	return hex.EncodeToString(h.Sum(nil))[:16], nil
+}
+
 func copyFile(src, dst string, perm os.FileMode) error {
 	in, err := os.Open(src)
 	if err != nil {
@@ -209,12 +243,12 @@ func copyFile(src, dst string, perm os.FileMode) error {
 
 // The test's own additions to the root (not part of the layer): a unit that
 // powers the VM off once the app said it is done (it touches
-// /run/guesttest/app-done), so QEMU ends and the data disk is unmounted
-// cleanly.
+// /run/guesttest/app-done), or after 240 s without that, so QEMU ends and
+// the data disk is unmounted cleanly.
 const (
 	poweroffUnit = `[Unit]
 Description=guesttest (test only): power off once the app is done
-Requires=app-compose.service
+Wants=app-compose.service
 After=app-compose.service
 
 [Service]
@@ -226,14 +260,14 @@ StandardOutput=journal+console
 WantedBy=multi-user.target
 `
 	poweroffScript = `#!/bin/sh
-for i in $(seq 300); do
+for i in $(seq 240); do
 	if [ -e /run/guesttest/app-done ]; then
 		echo "guesttest: the app is done; powering off"
 		exec systemctl poweroff
 	fi
 	sleep 1
 done
-echo "guesttest: the app did not say it was done in 300 s; powering off"
+echo "guesttest: the app did not say it was done in 240 s; powering off"
 exec systemctl poweroff
 `
 )
@@ -247,6 +281,23 @@ func buildStage(h demo.Host, root, debTar, stage, build string) error {
 	}
 	if out, err := exec.Command("tar", "-xf", debTar, "-C", stage, "--numeric-owner").CombinedOutput(); err != nil {
 		return fmt.Errorf("tar -xf %s: %v\n%s", debTar, err, out)
+	}
+	// The layer's /init checks `[ -x /newroot/sbin/init ]` before
+	// switch_root, which follows an absolute symlink into the initramfs, not
+	// the new root: Debian's /sbin/init -> /lib/systemd/systemd fails it.
+	// Until /init resolves the link inside the new root, make it relative.
+	initLink := filepath.Join(stage, "usr/sbin/init")
+	if target, err := os.Readlink(initLink); err == nil && filepath.IsAbs(target) {
+		rel, err := filepath.Rel("/usr/sbin", target)
+		if err != nil {
+			return err
+		}
+		if err := os.Remove(initLink); err != nil {
+			return err
+		}
+		if err := os.Symlink(rel, initLink); err != nil {
+			return err
+		}
 	}
 	var units []string
 	for _, r := range recipes {
@@ -403,6 +454,27 @@ func writeImageTar(path, busybox string) error {
 		img.Write(make([]byte, 4096-pad))
 	}
 	return os.WriteFile(path, img.Bytes(), 0o644)
+}
+
+// removeTree removes dir like os.RemoveAll, but refuses when anything is
+// mounted at or below it (a removal must never reach into a mounted file
+// system such as the host's /dev).
+func removeTree(dir string) error {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return err
+	}
+	mi, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return err
+	}
+	for _, line := range strings.Split(string(mi), "\n") {
+		f := strings.Fields(line)
+		if len(f) > 4 && (f[4] == abs || strings.HasPrefix(f[4], abs+"/")) {
+			return fmt.Errorf("not removing %s: %s is a mount point", abs, f[4])
+		}
+	}
+	return os.RemoveAll(abs)
 }
 
 func tail(s string, n int) string {
