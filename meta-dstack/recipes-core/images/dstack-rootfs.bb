@@ -13,14 +13,43 @@ IMAGE_LINGUAS = ""
 IMAGE_INSTALL = "\
     packagegroup-core-boot \
     systemd \
+    kmod \
     docker-moby \
+    docker-compose \
+    iptables \
+    nftables \
     wireguard-tools \
     cryptsetup \
     chrony \
+    chronyc \
+    zfs \
+    e2fsprogs-mke2fs \
+    e2fsprogs-e2fsck \
+    e2fsprogs-resize2fs \
+    gptfdisk \
+    bash \
+    jq \
+    curl \
+    ca-certificates \
     dstack-devspec \
     dstack-prepare \
+    dstack-runtime \
     dstack-guest-agent \
 "
 # What the flavor adds (conf/multiconfig/<flavor>.conf): packages and image features.
 IMAGE_INSTALL:append = " ${DSTACK_FLAVOR_PACKAGES}"
 EXTRA_IMAGE_FEATURES:append = " ${DSTACK_FLAVOR_FEATURES}"
+
+# prod (DSTACK_FLAVOR_DEV = "0"): nobody logs in. No getty on any console, no
+# rescue or emergency shell, no debug shell: their units are masked.
+ROOTFS_POSTPROCESS_COMMAND += "${@'dstack_no_login' if d.getVar('DSTACK_FLAVOR_DEV') != '1' else ''}"
+dstack_no_login() {
+	install -d "${IMAGE_ROOTFS}${sysconfdir}/systemd/system"
+	for unit in getty@.service serial-getty@.service console-getty.service \
+		container-getty@.service autovt@.service getty.target \
+		rescue.service emergency.service debug-shell.service; do
+		ln -sf /dev/null "${IMAGE_ROOTFS}${sysconfdir}/systemd/system/$unit"
+	done
+	rm -f "${IMAGE_ROOTFS}${nonarch_libdir}/systemd/system-generators/systemd-getty-generator"
+	rm -rf "${IMAGE_ROOTFS}${sysconfdir}/systemd/system/getty.target.wants"
+}

@@ -9,6 +9,7 @@ LIC_FILES_CHKSUM = "file://LICENSE;md5=86d3f3a95c324c9479bd8986968f4327"
 
 SRC_URI = "git://github.com/Dstack-TEE/dstack.git;protocol=https;branch=release/v0.5.x \
            file://dstack-guest-agent.service \
+           file://dstack-guest-agent.socket \
 "
 SRCREV = "40eaf35e6b3f112998d01569f2a26110baab123b"
 
@@ -48,6 +49,15 @@ do_install() {
 	install -m 0755 "${B}/target/${CARGO_TARGET_SUBDIR}/dstack-guest-agent" "${D}${bindir}/"
 	install -m 0755 "${B}/target/${CARGO_TARGET_SUBDIR}/dstack-util" "${D}${bindir}/"
 	install -m 0644 "${UNPACKDIR}/dstack-guest-agent.service" "${D}${systemd_system_unitdir}/"
+	install -m 0644 "${UNPACKDIR}/dstack-guest-agent.socket" "${D}${systemd_system_unitdir}/"
 }
 
-SYSTEMD_SERVICE:${PN} = "dstack-guest-agent.service"
+SYSTEMD_SERVICE:${PN} = "dstack-guest-agent.socket dstack-guest-agent.service"
+# What dstack-util setup runs: LUKS (cryptsetup), ZFS (the default storage_fs)
+# or ext4 (mkfs, e2fsck, resize2fs), mount/blkid/swap tools, the clock
+# (chronyc), WireGuard and iptables for the gateway; the agent needs the
+# runtime's units and /dstack.
+RDEPENDS:${PN} = "cryptsetup zfs e2fsprogs-mke2fs e2fsprogs-e2fsck e2fsprogs-resize2fs \
+    util-linux-mount util-linux-umount util-linux-blkid util-linux-mountpoint \
+    util-linux-swaponoff util-linux-mkswap util-linux-fallocate \
+    chronyc wireguard-tools iptables dstack-runtime"
