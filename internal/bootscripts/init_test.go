@@ -197,3 +197,43 @@ func TestInitNotPID1(t *testing.T) {
 		}
 	}
 }
+
+// TestInitFollowsLinksInRoot: /sbin/init is followed through symbolic links
+// inside the new root, as the kernel will resolve it after switch_root: an
+// absolute link to the rootfs's systemd (Yocto's layout) boots, a link whose
+// target exists only outside the rootfs (here, the host's /bin/sh) or a loop
+// is refused.
+func TestInitFollowsLinksInRoot(t *testing.T) {
+	cmdline := "console=ttyS0 dstack.rootfs_hash=" + goodHash + " dstack.rootfs_size=1048576 dstack.device_timeout=0\n"
+	for _, tc := range []struct {
+		name, layout, fail string
+	}{
+		{"absolute link to systemd", `mkdir -p "$target/usr/lib/systemd"; printf '#!/bin/sh\n' >"$target/usr/lib/systemd/systemd"; chmod 755 "$target/usr/lib/systemd/systemd"; ln -s /usr/lib/systemd/systemd "$target/sbin/init"`, ""},
+		{"relative link chain", `mkdir -p "$target/lib/systemd"; printf '#!/bin/sh\n' >"$target/lib/systemd/systemd"; chmod 755 "$target/lib/systemd/systemd"; ln -s ../lib/systemd/init2 "$target/sbin/init"; ln -s systemd "$target/lib/systemd/init2"`, ""},
+		{"target outside the rootfs", `ln -s /bin/sh "$target/sbin/init"`, "no executable /sbin/init (/bin/sh)"},
+		{"link loop", `ln -s /sbin/init "$target/sbin/init"`, "more than 8 symbolic links"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ft := initTree(t)
+			writeFile(t, ft.cmdline, cmdline)
+			stub(t, filepath.Join(ft.root, "bin"), "mount", `case " $* " in
+*" -t squashfs "*)
+	for a in "$@"; do target=$a; done
+	mkdir -p "$target/sbin" "$target/proc" "$target/sys" "$target/dev" "$target/run"
+	`+tc.layout+`
+	;;
+esac
+`)
+			out, err := ft.runInit(t, nil, "--test-root", ft.root)
+			if tc.fail == "" {
+				if err != nil || !strings.Contains(out, "[stub] switch_root") {
+					t.Fatalf("%v\n%s", err, out)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(out, tc.fail) || strings.Contains(out, "[stub] switch_root") {
+				t.Fatalf("want a refusal naming %q; got %v\n%s", tc.fail, err, out)
+			}
+		})
+	}
+}
