@@ -460,3 +460,24 @@ func flowProblems(t *testing.T, top string, block []string, v *values.Values, re
 		}
 	}
 }
+
+// TestIsMetadata: only conf/ directories hold BitBake .conf files; a .conf a
+// recipe installs (an sshd drop-in) is not parsed.
+func TestIsMetadata(t *testing.T) {
+	for p, want := range map[string]bool{
+		"/l/conf/layer.conf":                   true,
+		"/l/conf/machine/tdx-guest.conf":       true,
+		"/l/conf/multiconfig/prod.conf":        true,
+		"/l/recipes-x/y/files/dstack-dev.conf": false,
+		"/l/recipes-x/y/y_1.0.bb":              true,
+		"/l/recipes-x/y/y_%.bbappend":          true,
+		"/l/classes/dstack-image.bbclass":      true,
+		"/l/recipes-x/y/files/journald.conf":   false,
+		"/l/recipes-x/y/files/confd/x.conf":    false,
+		"/l/recipes-x/y/files/script.sh":       false,
+	} {
+		if got := isMetadata("/l", p); got != want {
+			t.Errorf("isMetadata(%s) = %v, want %v", p, got, want)
+		}
+	}
+}

@@ -9,8 +9,10 @@ import (
 	"strings"
 )
 
-// MetadataFiles lists the BitBake files of a layer (.conf, .bb, .bbappend,
-// .bbclass, .inc), sorted, with their statements.
+// MetadataFiles lists the BitBake files of a layer (.bb, .bbappend,
+// .bbclass, .inc, and the .conf files under a conf/ directory), sorted, with
+// their statements. A .conf elsewhere (a recipe's files/, say an sshd or
+// journald drop-in) is a file the recipe installs, not BitBake syntax.
 func MetadataFiles(root string) (map[string][]Statement, []string, error) {
 	files := map[string][]Statement{}
 	var names []string
@@ -18,9 +20,7 @@ func MetadataFiles(root string) (map[string][]Statement, []string, error) {
 		if err != nil || d.IsDir() {
 			return err
 		}
-		switch filepath.Ext(p) {
-		case ".conf", ".bb", ".bbappend", ".bbclass", ".inc":
-		default:
+		if !isMetadata(root, p) {
 			return nil
 		}
 		data, err := os.ReadFile(p)
@@ -37,6 +37,25 @@ func MetadataFiles(root string) (map[string][]Statement, []string, error) {
 	})
 	sort.Strings(names)
 	return files, names, err
+}
+
+// isMetadata says whether BitBake parses the file at p in the layer at root.
+func isMetadata(root, p string) bool {
+	switch filepath.Ext(p) {
+	case ".bb", ".bbappend", ".bbclass", ".inc":
+		return true
+	case ".conf":
+		rel, err := filepath.Rel(root, p)
+		if err != nil {
+			return false
+		}
+		for _, part := range strings.Split(filepath.ToSlash(filepath.Dir(rel)), "/") {
+			if part == "conf" {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // OrigEnvProblems reports every use of BB_ORIGENV (BitBake's copy of the
