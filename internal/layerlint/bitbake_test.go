@@ -481,3 +481,56 @@ func TestIsMetadata(t *testing.T) {
 		}
 	}
 }
+
+// TestInitramfsBusyboxStatic: /init's interpreter runs with the kernel's
+// environment (issue 14), so the distro's busybox (the initramfs's sh and
+// env) is linked statically: the busybox append adds, for the distro only, a
+// configuration fragment that sets CONFIG_STATIC=y, and the initramfs installs
+// busybox.
+func TestInitramfsBusyboxStatic(t *testing.T) {
+	v := repoValues(t)
+	app := filepath.Join(layerRoot(t), "recipes-core", "busybox", "busybox_%.bbappend")
+	data, err := os.ReadFile(app)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sts, err := ParseStatements(app, data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cfgs []string
+	for _, s := range sts {
+		if s.Var != "SRC_URI:append:"+v.Distro.Name {
+			continue
+		}
+		for _, w := range strings.Fields(s.Value) {
+			if strings.HasPrefix(w, "file://") && strings.HasSuffix(w, ".cfg") {
+				cfgs = append(cfgs, strings.TrimPrefix(w, "file://"))
+			}
+		}
+	}
+	static := false
+	for _, c := range cfgs {
+		f, err := os.Open(filepath.Join(filepath.Dir(app), "files", c))
+		if err != nil {
+			t.Fatal(err)
+		}
+		sc := bufio.NewScanner(f)
+		for sc.Scan() {
+			if strings.TrimSpace(sc.Text()) == "CONFIG_STATIC=y" {
+				static = true
+			}
+		}
+		f.Close()
+	}
+	if !static {
+		t.Errorf("%s: no fragment in SRC_URI:append:%s sets CONFIG_STATIC=y (fragments %q)", app, v.Distro.Name, cfgs)
+	}
+	found := false
+	for _, p := range v.Images.InitramfsPackages {
+		found = found || p == "busybox"
+	}
+	if !found {
+		t.Errorf("the initramfs packages %q have no busybox", v.Images.InitramfsPackages)
+	}
+}
