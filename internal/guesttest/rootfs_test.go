@@ -282,23 +282,9 @@ func buildStage(h demo.Host, root, debTar, stage, build string) error {
 	if out, err := exec.Command("tar", "-xf", debTar, "-C", stage, "--numeric-owner").CombinedOutput(); err != nil {
 		return fmt.Errorf("tar -xf %s: %v\n%s", debTar, err, out)
 	}
-	// The layer's /init checks `[ -x /newroot/sbin/init ]` before
-	// switch_root, which follows an absolute symlink into the initramfs, not
-	// the new root: Debian's /sbin/init -> /lib/systemd/systemd fails it.
-	// Until /init resolves the link inside the new root, make it relative.
-	initLink := filepath.Join(stage, "usr/sbin/init")
-	if target, err := os.Readlink(initLink); err == nil && filepath.IsAbs(target) {
-		rel, err := filepath.Rel("/usr/sbin", target)
-		if err != nil {
-			return err
-		}
-		if err := os.Remove(initLink); err != nil {
-			return err
-		}
-		if err := os.Symlink(rel, initLink); err != nil {
-			return err
-		}
-	}
+	// Debian's /usr/sbin/init is an absolute link to /lib/systemd/systemd, as
+	// Yocto's update-alternatives link is: /init resolves it inside the new
+	// root, so the boot proves that too.
 	var units []string
 	for _, r := range recipes {
 		u, err := installRecipe(root, r, stage, build)
