@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
 )
 
@@ -96,4 +97,34 @@ func BenchSquashfs(b testing.TB) string {
 		b.Fatal(err)
 	}
 	return p
+}
+
+// BenchDir returns a fresh work directory for a benchmark that writes about
+// need bytes, removed when it ends. IMGPOST_BENCH_DIR, when set, names the
+// directory to create it in: a build's disk file system (ext4, where BitBake
+// writes) rather than tmpfs. Otherwise it is on tmpfs (/dev/shm) when that
+// has room, so both sides are measured on their work rather than on
+// writeback, and under the test's temporary directory when not. The
+// benchmark logs which it used.
+func BenchDir(b testing.TB, prefix string, need int64) string {
+	b.Helper()
+	parent := os.Getenv("IMGPOST_BENCH_DIR")
+	if parent == "" {
+		var fs syscall.Statfs_t
+		if err := syscall.Statfs("/dev/shm", &fs); err == nil && int64(fs.Bavail)*int64(fs.Bsize) > need {
+			parent = "/dev/shm"
+		}
+	}
+	if parent == "" {
+		d := b.TempDir()
+		b.Logf("work directory %s (the test's temporary directory)", d)
+		return d
+	}
+	d, err := os.MkdirTemp(parent, prefix)
+	if err != nil {
+		b.Fatalf("IMGPOST_BENCH_DIR: %v", err)
+	}
+	b.Cleanup(func() { os.RemoveAll(d) })
+	b.Logf("work directory %s", d)
+	return d
 }

@@ -48,17 +48,10 @@ func benchInputs(b *testing.B) (rootfs, uki string) {
 	return rootfs, uki
 }
 
-// benchWorkDir is tmpfs (/dev/shm) when there is room, so both sides are
-// measured on their work rather than on the disk's writeback.
+// benchWorkDir is where the benchmark writes (testutil.BenchDir: tmpfs, or
+// IMGPOST_BENCH_DIR to measure on a build's disk file system).
 func benchWorkDir(b *testing.B, need int64) string {
-	var fs syscall.Statfs_t
-	if err := syscall.Statfs("/dev/shm", &fs); err == nil && int64(fs.Bavail)*int64(fs.Bsize) > 3*need {
-		if d, err := os.MkdirTemp("/dev/shm", "imgpost-bench-disk-"); err == nil {
-			b.Cleanup(func() { os.RemoveAll(d) })
-			return d
-		}
-	}
-	return b.TempDir()
+	return testutil.BenchDir(b, "imgpost-bench-disk-", 3*need)
 }
 
 // shellDisk is the disk() stage of ../shared/bench/shell-pipeline.sh (the

@@ -7,7 +7,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -28,18 +27,10 @@ func shellPipeline(b *testing.B) string {
 	return p
 }
 
-// benchWorkDir is on tmpfs (/dev/shm) when there is room, so that both sides
-// are measured on their work, not on the disk: imgpost fsyncs every output
-// (veritysetup fsyncs too; the rest of the shell pipeline does not).
+// benchWorkDir is where the benchmark writes (testutil.BenchDir: tmpfs, or
+// IMGPOST_BENCH_DIR to measure on a build's disk file system).
 func benchWorkDir(b *testing.B, need int64) string {
-	var fs syscall.Statfs_t
-	if err := syscall.Statfs("/dev/shm", &fs); err == nil && int64(fs.Bavail)*int64(fs.Bsize) > need {
-		if d, err := os.MkdirTemp("/dev/shm", "imgpost-bench-dist-"); err == nil {
-			b.Cleanup(func() { os.RemoveAll(d) })
-			return d
-		}
-	}
-	return b.TempDir()
+	return testutil.BenchDir(b, "imgpost-bench-dist-", need)
 }
 
 // runShell runs the shell pipeline and returns its stage times.
