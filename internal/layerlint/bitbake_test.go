@@ -242,7 +242,7 @@ func TestLayerAppendsScoped(t *testing.T) {
 			t.Error(p)
 		}
 	}
-	for _, want := range []string{v.Kernel.Provider + "_%.bbappend", "ovmf_%.bbappend"} {
+	for _, want := range []string{v.Kernel.Provider + "_%.bbappend", "busybox_%.bbappend"} {
 		if !seen[want] {
 			t.Errorf("%s not found: the check did not see the appends that matter", want)
 		}

@@ -121,7 +121,8 @@ func TestLayerShell(t *testing.T) {
 	for _, want := range []string{
 		"meta-dstack/classes/dstack-image.bbclass:do_dstack_dist",
 		"meta-dstack/recipes-devtools/imgpost/imgpost-native_1.0.bb:do_compile",
-		"meta-dstack-bsp/recipes-core/ovmf/ovmf_%.bbappend:do_deploy:append:class-target:tdx-guest",
+		"meta-dstack-bsp/recipes-core/dstack-ovmf/dstack-ovmf_edk2-stable202502.bb:do_compile",
+		"meta-dstack-bsp/recipes-core/dstack-ovmf/dstack-ovmf_edk2-stable202502.bb:dstack_ovmf_nasm3",
 		"meta-dstack/recipes-core/dstack-prepare/dstack-prepare_1.0.bb:do_install",
 	} {
 		if !names[want] {

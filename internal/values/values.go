@@ -20,6 +20,8 @@ import (
 	"strings"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/measure"
 )
 
 // DefaultPath is the default values file, relative to the repository root.
@@ -36,6 +38,7 @@ type Values struct {
 	Flavors    []Flavor   `yaml:"flavors"`
 	GCP        GCP        `yaml:"gcp"`
 	GuestAgent GuestAgent `yaml:"guest_agent"`
+	Firmware   Firmware   `yaml:"firmware"`
 	Cache      Cache      `yaml:"cache"`
 
 	path string
@@ -106,6 +109,16 @@ type GuestAgent struct {
 	Branch  string `yaml:"branch"`
 	Commit  string `yaml:"commit"`
 	Version string `yaml:"version"`
+}
+
+// Firmware pins the TDX firmware the BSP layer builds (recipe dstack-ovmf):
+// edk2 at a release tag. The tag decides the firmware's boot-time event
+// layout, the ovmf_variant imgpost dist records and imgpost measure
+// predicts, so only a tag whose layout imgpost models is accepted.
+type Firmware struct {
+	URL    string `yaml:"url"`    // edk2 repository, https://host/path.git
+	Tag    string `yaml:"tag"`    // release tag, the recipe's PV (dstack-ovmf_<tag>.bb)
+	Commit string `yaml:"commit"` // the tag's commit (SRCREV)
 }
 
 // Cache holds the shared build-cache knobs; empty strings mean BitBake's defaults.
@@ -234,6 +247,7 @@ func kind(v any) string {
 
 var (
 	commitRE = regexp.MustCompile(`^[0-9a-f]{40}$`)
+	edk2URL  = regexp.MustCompile(`^https://[a-z0-9.-]+/[A-Za-z0-9._/-]+\.git$`)
 	nameRE   = regexp.MustCompile(`^[a-z0-9][a-z0-9._+-]*$`)
 )
 
@@ -310,6 +324,19 @@ func (v *Values) validate() error {
 	}
 	if !commitRE.MatchString(v.GuestAgent.Commit) {
 		return bad("guest_agent.commit", "%q is not a full 40-hex-digit commit id", v.GuestAgent.Commit)
+	}
+	if !edk2URL.MatchString(v.Firmware.URL) {
+		return bad("firmware.url", "%q is not an https://host/path.git repository URL", v.Firmware.URL)
+	}
+	variant, err := measure.EDK2Variant(v.Firmware.Tag)
+	if err != nil {
+		return bad("firmware.tag", "%v", err)
+	}
+	if !measure.Modelled(variant) {
+		return bad("firmware.tag", "%s gives the OVMF event layout %s, which imgpost measure does not model", v.Firmware.Tag, variant)
+	}
+	if !commitRE.MatchString(v.Firmware.Commit) {
+		return bad("firmware.commit", "%q is not a full 40-hex-digit commit id", v.Firmware.Commit)
 	}
 	if len(v.Kernel.Cmdline) == 0 {
 		return bad("kernel.cmdline", "must list the base kernel arguments")

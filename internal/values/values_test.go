@@ -30,6 +30,9 @@ func TestLoadDefault(t *testing.T) {
 			t.Error(err)
 		}
 	}
+	if v.Firmware.Tag != "edk2-stable202502" || v.Firmware.Commit != "fbe0805b2091393406952e84724188f8c1941837" {
+		t.Errorf("firmware %+v, want edk2-stable202502 at fbe0805b", v.Firmware)
+	}
 	if got := v.FlavorNames(); strings.Join(got, ",") != "prod,dev" {
 		t.Errorf("flavors %v", got)
 	}
@@ -92,6 +95,19 @@ func TestBadValues(t *testing.T) {
 		{"wrong type", func(s string) string { return strings.Replace(s, "priority: 10", "priority: high", 1) }, "", "wrong type"},
 		{"empty version", func(s string) string { return strings.Replace(s, "version: 0.5.5", `version: ""`, 1) }, "distro.version", "must not be empty"},
 		{"imgpost arg", func(s string) string { return strings.Replace(s, "- tsc=reliable", "- coherent_pool=4M", 1) }, "kernel.cmdline[11]", "added by imgpost"},
+		{"firmware missing", func(s string) string { return strings.Replace(s, "\nfirmware:\n", "\nfirmwarx:\n", 1) }, "firmware", "required key is missing"},
+		{"firmware tag unknown", func(s string) string {
+			return strings.Replace(s, "tag: edk2-stable202502", "tag: edk2-stable202511", 1)
+		}, "firmware.tag", "not known"},
+		{"firmware tag not modelled", func(s string) string {
+			return strings.Replace(s, "tag: edk2-stable202502", "tag: edk2-stable202505", 1)
+		}, "firmware.tag", "does not model"},
+		{"firmware commit short", func(s string) string {
+			return strings.Replace(s, "commit: fbe0805b2091393406952e84724188f8c1941837", "commit: fbe0805b", 1)
+		}, "firmware.commit", "40-hex"},
+		{"firmware url", func(s string) string {
+			return strings.Replace(s, "url: https://github.com/tianocore/edk2.git", "url: git@github.com:tianocore/edk2.git", 1)
+		}, "firmware.url", "https://"},
 		{"duplicate flavor", func(s string) string { return strings.Replace(s, "- name: dev\n", "- name: prod\n", 1) }, "flavors[1].name", "duplicate"},
 	}
 	for _, c := range cases {

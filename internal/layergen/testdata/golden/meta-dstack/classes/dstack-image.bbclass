@@ -16,7 +16,7 @@
 #   DSTACK_GIT_REVISION       revision recorded in metadata.json (default: none)
 #   DSTACK_CMDLINE            base kernel arguments (from the distro)
 #   DSTACK_GCP_CMDLINE_EXTRA  extra arguments baked into the GCP UKI only
-#   DSTACK_OVMF               firmware to ship and measure (empty: none)
+#   DSTACK_OVMF               firmware to ship and measure (default: dstack-ovmf's ovmf.fd; empty: none)
 #   ENABLE_GCP_IMAGE          "0" skips disk.raw and the GCP tarball
 
 DSTACK_INITRAMFS_IMAGE ?= "acme-initramfs"
@@ -37,7 +37,8 @@ DSTACK_STUB ?= "${DEPLOY_DIR_IMAGE}/linuxx64.efi.stub"
 DSTACK_OVMF ?= "${DEPLOY_DIR_IMAGE}/ovmf.fd"
 DSTACK_DISTDIR = "${WORKDIR}/dstack-dist"
 
-DSTACK_OVMF_DEPENDS = "${@'ovmf:do_deploy' if d.getVar('DSTACK_OVMF') else ''}"
+# ovmf.fd comes from dstack-ovmf (meta-dstack-bsp): the TDX firmware the measurements are defined for.
+DSTACK_OVMF_DEPENDS = "${@'dstack-ovmf:do_deploy' if d.getVar('DSTACK_OVMF') else ''}"
 
 do_dstack_dist[depends] += " \
     imgpost-native:do_populate_sysroot \
