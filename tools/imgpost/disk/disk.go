@@ -336,13 +336,13 @@ var fatTimeMu sync.Mutex
 func writeESP(sb *sparseBackend, l Layout, uki *os.File, t time.Time) (err error) {
 	fatTimeMu.Lock()
 	defer fatTimeMu.Unlock()
-	old, had := os.LookupEnv("SOURCE_DATE_EPOCH")
-	os.Setenv("SOURCE_DATE_EPOCH", strconv.FormatInt(t.Unix(), 10))
+	old, had := os.LookupEnv(epoch.Var)
+	os.Setenv(epoch.Var, strconv.FormatInt(t.Unix(), 10))
 	defer func() {
 		if had {
-			os.Setenv("SOURCE_DATE_EPOCH", old)
+			os.Setenv(epoch.Var, old)
 		} else {
-			os.Unsetenv("SOURCE_DATE_EPOCH")
+			os.Unsetenv(epoch.Var)
 		}
 	}()
 
