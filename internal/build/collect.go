@@ -8,7 +8,7 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/atomicfile"
+	"github.com/Dstack-TEE/meta-dstack/internal/atomicfile"
 )
 
 // DeployDirs lists where the image class leaves imgpost dist output in every

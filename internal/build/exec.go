@@ -10,7 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 
-	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/atomicfile"
+	"github.com/Dstack-TEE/meta-dstack/internal/atomicfile"
 )
 
 // StepError is a step that failed; Code is the exit status of its command

@@ -12,9 +12,9 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/Dstack-TEE/meta-dstack/internal/atomicfile"
 	"github.com/Dstack-TEE/meta-dstack/internal/bootscripts"
 	"github.com/Dstack-TEE/meta-dstack/internal/initramfs"
-	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/atomicfile"
 )
 
 // Deploy is an assembled deploy directory (absolute paths of its files).

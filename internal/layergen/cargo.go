@@ -9,7 +9,7 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/atomicfile"
+	"github.com/Dstack-TEE/meta-dstack/internal/atomicfile"
 )
 
 // Crate is one [[package]] of a Cargo.lock.

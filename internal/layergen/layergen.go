@@ -28,8 +28,8 @@ import (
 	"strings"
 	"text/template"
 
+	"github.com/Dstack-TEE/meta-dstack/internal/atomicfile"
 	"github.com/Dstack-TEE/meta-dstack/internal/values"
-	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/atomicfile"
 	"github.com/Masterminds/sprig/v3"
 )
 

@@ -29,8 +29,8 @@ import (
 	"github.com/google/uuid"
 	"golang.org/x/sys/unix"
 
+	"github.com/Dstack-TEE/meta-dstack/internal/atomicfile"
 	"github.com/Dstack-TEE/meta-dstack/internal/epoch"
-	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/atomicfile"
 	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/pe"
 )
 

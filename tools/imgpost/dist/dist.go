@@ -31,8 +31,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/Dstack-TEE/meta-dstack/internal/atomicfile"
 	"github.com/Dstack-TEE/meta-dstack/internal/epoch"
-	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/atomicfile"
 	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/authenticode"
 	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/disk"
 	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/gcptar"
