@@ -597,22 +597,9 @@ func checkInputsOutside(o Options, name string) error {
 
 // copyHashed copies src to dst (atomically) and returns its size and sha256.
 func copyHashed(src, dst string) (int64, string, error) {
-	in, err := os.Open(src)
-	if err != nil {
-		return 0, "", err
-	}
-	defer in.Close()
-	out, err := atomicfile.Create(dst, 0o644)
-	if err != nil {
-		return 0, "", err
-	}
-	defer out.Abort()
 	h := sha256.New()
-	n, err := io.Copy(io.MultiWriter(out.File, h), in)
+	n, err := atomicfile.Copy(dst, src, 0o644, h)
 	if err != nil {
-		return 0, "", fmt.Errorf("copy %s: %w", src, err)
-	}
-	if err := out.Commit(); err != nil {
 		return 0, "", err
 	}
 	return n, hex.EncodeToString(h.Sum(nil)), nil
