@@ -2,6 +2,7 @@ package disk
 
 import (
 	"bytes"
+	"errors"
 	"io"
 	"os"
 	"os/exec"
@@ -360,6 +361,10 @@ func TestBadInputs(t *testing.T) {
 			_, err := BuildFile(out, tc.uki, tc.rootfs, tc.opts)
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("err %v, want it to contain %q", err, tc.want)
+			}
+			var small *ESPTooSmallError
+			if errors.As(err, &small) != (tc.name == "uki too big") {
+				t.Errorf("err %v: ESPTooSmallError %v", err, small)
 			}
 			ents, _ := os.ReadDir(filepath.Dir(out))
 			if len(ents) != 0 {
