@@ -312,7 +312,7 @@ func TestReaderDetectsDamage(t *testing.T) {
 			f.Close()
 			d, err := Open(p)
 			if tc.openErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tc.openErr) {
+				if !errors.Is(err, ErrBadGPT) || !strings.Contains(err.Error(), tc.openErr) {
 					t.Fatalf("Open: %v, want error containing %q", err, tc.openErr)
 				}
 				return
@@ -321,7 +321,7 @@ func TestReaderDetectsDamage(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer d.Close()
-			if err := d.Verify(); err == nil || !strings.Contains(err.Error(), tc.verErr) {
+			if err := d.Verify(); !errors.Is(err, ErrBadGPT) || !strings.Contains(err.Error(), tc.verErr) {
 				t.Fatalf("Verify: %v, want error containing %q", err, tc.verErr)
 			}
 		})

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"strings"
 	"unicode/utf16"
 )
@@ -347,7 +348,7 @@ func (v *FAT) lookup(ents []DirEntry, name, dir string) (DirEntry, error) {
 	}
 	i, ok := owner[fold(name)]
 	if !ok {
-		return DirEntry{}, fmt.Errorf("%s: %s: no %s", v.name, dir, name)
+		return DirEntry{}, kindf(fs.ErrNotExist, "%s: %s: no %s", v.name, dir, name)
 	}
 	return ents[i], nil
 }
