@@ -9,6 +9,8 @@ import (
 	"io/fs"
 	"strings"
 	"unicode/utf16"
+
+	"github.com/Dstack-TEE/meta-dstack/internal/errkind"
 )
 
 // This file reads the ESP's FAT32 file system the way a verifier must: every
@@ -348,7 +350,7 @@ func (v *FAT) lookup(ents []DirEntry, name, dir string) (DirEntry, error) {
 	}
 	i, ok := owner[fold(name)]
 	if !ok {
-		return DirEntry{}, kindf(fs.ErrNotExist, "%s: %s: no %s", v.name, dir, name)
+		return DirEntry{}, errkind.Errorf(fs.ErrNotExist, "%s: %s: no %s", v.name, dir, name)
 	}
 	return ents[i], nil
 }
