@@ -23,6 +23,7 @@ import (
 	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/disk"
 	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/gcptar"
 	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/measure"
+	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/sqfs"
 )
 
 // tdxOVMF is Debian's OVMF.fd (package ovmf), which carries TDX metadata
@@ -376,7 +377,7 @@ func TestDistBadInputs(t *testing.T) {
 		{"missing-ovmf", func(o *Options) { o.OVMF = filepath.Join(dir, "nope") }, "OVMF", fs.ErrNotExist, "nope"},
 		{"stub-is-dir", func(o *Options) { o.Stub = dir }, "Stub", ErrNotRegular, dir},
 		{"empty-initrd", func(o *Options) { o.Initrd = empty }, "Initrd", ErrEmptyFile, empty},
-		{"rootfs-not-squashfs", func(o *Options) { o.Rootfs = notSq }, "Rootfs", nil, "not a squashfs"},
+		{"rootfs-not-squashfs", func(o *Options) { o.Rootfs = notSq }, "Rootfs", sqfs.ErrInvalid, "not a squashfs"},
 		{"stub-not-pe", func(o *Options) { o.Stub = notPE }, "Stub", nil, notPE + ": not a PE image"},
 		{"kernel-not-pe", func(o *Options) { o.Kernel = notPE }, "Kernel", nil, "not an EFI-stub kernel"},
 		{"kernel-truncated", func(o *Options) { o.Kernel = truncK }, "Kernel", nil, "truncated-bzImage: PE section"},
