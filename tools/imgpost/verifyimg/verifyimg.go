@@ -51,7 +51,8 @@ import (
 // recomputed one, gcp/disk.raw differs from the set. Such an image was
 // changed after dist wrote it. Other errors are an image that cannot be read
 // or is not shaped as one (disk.ErrBadGPT, disk.ErrBootPath, disk.ErrBadFAT,
-// pe's *pe.Error, gcptar.ErrArchive, a missing file).
+// pe.ErrFormat, sqfs.ErrInvalid, dist.ErrMalformed, gcptar.ErrArchive, a
+// missing file).
 var ErrMismatch = errors.New("the image does not match what it records")
 
 // Report lists what was checked, one line per check, for the user.
