@@ -595,11 +595,11 @@ func checkInputsOutside(o Options, name string) error {
 			continue
 		}
 		if r, _ = filepath.Abs(r); strings.HasPrefix(r, fd+string(filepath.Separator)) {
-			return fmt.Errorf("input %s is inside the output directory %s, which dist replaces", in, final)
+			return fmt.Errorf("input %s is inside the output directory %s, which dist replaces: %w", in, final, atomicfile.ErrIsInput)
 		}
 		for _, e := range existing {
 			if err := atomicfile.CheckNotInput(e, in); err != nil {
-				return fmt.Errorf("input %s is a file of the output directory %s, which dist replaces (%v)", in, final, err)
+				return fmt.Errorf("input %s is a file of the output directory %s, which dist replaces (%w)", in, final, err)
 			}
 		}
 	}
