@@ -1,14 +1,14 @@
 package build
 
 import (
+	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"sort"
 	"strings"
 
-	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/atomicfile"
+	"github.com/Dstack-TEE/meta-dstack/internal/atomicfile"
 )
 
 // DeployDirs lists where the image class leaves imgpost dist output in every
@@ -99,10 +99,11 @@ func CollectOutputs(c *Collect) ([]string, error) {
 // swaps it in, so dst is never half-populated.
 func copyTree(src, dst string, skipGCP bool) error {
 	parent := filepath.Dir(dst)
-	tmp, err := os.MkdirTemp(parent, "."+filepath.Base(dst)+".tmp-")
+	tmp, forget, err := atomicfile.MkdirTemp(parent, "."+filepath.Base(dst)+".tmp-")
 	if err != nil {
 		return fmt.Errorf("collect %s: %w", dst, err)
 	}
+	defer forget()
 	defer os.RemoveAll(tmp)
 	err = filepath.WalkDir(src, func(p string, d os.DirEntry, err error) error {
 		if err != nil {
@@ -134,21 +135,8 @@ func copyTree(src, dst string, skipGCP bool) error {
 	if err := os.Chmod(tmp, 0o755); err != nil {
 		return err
 	}
-	old := ""
-	if _, err := os.Lstat(dst); err == nil {
-		old = tmp + ".old"
-		if err := os.Rename(dst, old); err != nil {
-			return fmt.Errorf("collect %s: %w", dst, err)
-		}
-	}
-	if err := os.Rename(tmp, dst); err != nil {
-		if old != "" {
-			os.Rename(old, dst)
-		}
-		return fmt.Errorf("collect %s: %w", dst, err)
-	}
-	if old != "" {
-		return os.RemoveAll(old)
+	if err := atomicfile.ReplaceDir(tmp, dst); err != nil {
+		return fmt.Errorf("collect: %w", err)
 	}
 	return nil
 }
@@ -160,31 +148,20 @@ func placeFile(src, dst string) error {
 	if err != nil {
 		return fmt.Errorf("collect %s: %w", src, err)
 	}
-	tmp := filepath.Join(filepath.Dir(dst), "."+filepath.Base(dst)+".link")
-	os.Remove(tmp)
-	if err := os.Link(real, tmp); err == nil {
-		if err := os.Rename(tmp, dst); err != nil {
-			os.Remove(tmp)
-			return fmt.Errorf("collect %s: %w", dst, err)
+	err = atomicfile.Link(real, dst)
+	var le *os.LinkError
+	if !errors.As(err, &le) {
+		if err != nil {
+			return fmt.Errorf("collect: %w", err)
 		}
 		return nil
 	}
-	in, err := os.Open(real)
+	st, err := os.Stat(real)
 	if err != nil {
 		return fmt.Errorf("collect %s: %w", src, err)
 	}
-	defer in.Close()
-	st, err := in.Stat()
-	if err != nil {
-		return fmt.Errorf("collect %s: %w", src, err)
+	if _, err := atomicfile.Copy(dst, real, st.Mode().Perm(), nil); err != nil {
+		return fmt.Errorf("collect: %w", err)
 	}
-	f, err := atomicfile.Create(dst, st.Mode().Perm())
-	if err != nil {
-		return err
-	}
-	defer f.Abort()
-	if _, err := io.Copy(f, in); err != nil {
-		return fmt.Errorf("copy %s to %s: %w", src, dst, err)
-	}
-	return f.Commit()
+	return nil
 }

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/Dstack-TEE/meta-dstack/internal/epoch"
 	"github.com/Dstack-TEE/meta-dstack/internal/values"
 )
 
@@ -108,10 +109,10 @@ func Configure(e *Env) (*Setup, error) {
 	if c.EnableGCP, err = e.boolEnv("ENABLE_GCP_IMAGE", v.GCP.Enable); err != nil {
 		return nil, err
 	}
-	if s := e.get("SOURCE_DATE_EPOCH"); s != "" {
-		if c.SourceDateEpoch, err = strconv.ParseInt(s, 10, 64); err != nil || c.SourceDateEpoch <= 0 {
-			return nil, fmt.Errorf("SOURCE_DATE_EPOCH=%q: want a positive number of seconds", s)
-		}
+	if n, set, err := epoch.Lookup(e.get); err != nil {
+		return nil, err
+	} else if set {
+		c.SourceDateEpoch = &n
 	}
 	c.GitRevision = e.get("DSTACK_GIT_REVISION")
 	if strings.ContainsAny(c.GitRevision, "\"\\\n ") {

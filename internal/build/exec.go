@@ -10,7 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 
-	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/atomicfile"
+	"github.com/Dstack-TEE/meta-dstack/internal/atomicfile"
 )
 
 // StepError is a step that failed; Code is the exit status of its command
@@ -207,15 +207,7 @@ func (x *Executor) writeStep(s Step) error {
 	if err := os.MkdirAll(filepath.Dir(s.Path), 0o755); err != nil {
 		return fmt.Errorf("directory of %s: %w", s.Path, err)
 	}
-	f, err := atomicfile.Create(s.Path, 0o644)
-	if err != nil {
-		return err
-	}
-	defer f.Abort()
-	if _, err := f.Write(s.Data); err != nil {
-		return fmt.Errorf("write %s: %w", s.Path, err)
-	}
-	return f.Commit()
+	return atomicfile.WriteFile(s.Path, s.Data, 0o644)
 }
 
 func (x *Executor) collectStep(s Step) error {

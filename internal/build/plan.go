@@ -8,6 +8,12 @@
 // so that a dry run (DSTACK_DRY_RUN=1) prints exactly the commands and files
 // a real run executes and writes. In container mode every command runs in a
 // fresh container of the repro-build image, with the same paths mounted.
+//
+// SOURCE_DATE_EPOCH follows the module's one rule (internal/epoch): unset or
+// empty leaves the rootfs timestamp to oe-core's default; any other value
+// must be a decimal number of seconds, 0 or more, and becomes
+// REPRODUCIBLE_TIMESTAMP_ROOTFS in auto.conf (0 too: it means 1970-01-01,
+// as it does for imgpost's tarballs, not "unset").
 package build
 
 import (
@@ -105,9 +111,10 @@ type Config struct {
 	Caches  Caches
 	// EnableGCP builds the GCP disk and tarball (ENABLE_GCP_IMAGE).
 	EnableGCP bool
-	// SourceDateEpoch, when non-zero, fixes the rootfs timestamp
-	// (REPRODUCIBLE_TIMESTAMP_ROOTFS); repro-build sets it to the commit time.
-	SourceDateEpoch int64
+	// SourceDateEpoch, when not nil, fixes the rootfs timestamp
+	// (REPRODUCIBLE_TIMESTAMP_ROOTFS), 0 included; nil leaves oe-core's
+	// default. repro-build sets it to the commit time.
+	SourceDateEpoch *int64
 	// GitRevision is recorded in metadata.json (DSTACK_GIT_REVISION).
 	GitRevision string
 
@@ -337,8 +344,8 @@ func (c *Config) autoConf() []byte {
 	if c.GitRevision != "" {
 		fmt.Fprintf(&b, "DSTACK_GIT_REVISION = \"%s\"\n", c.GitRevision)
 	}
-	if c.SourceDateEpoch != 0 {
-		fmt.Fprintf(&b, "REPRODUCIBLE_TIMESTAMP_ROOTFS = \"%d\"\n", c.SourceDateEpoch)
+	if c.SourceDateEpoch != nil {
+		fmt.Fprintf(&b, "REPRODUCIBLE_TIMESTAMP_ROOTFS = \"%d\"\n", *c.SourceDateEpoch)
 	}
 	return []byte(b.String())
 }

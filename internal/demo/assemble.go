@@ -12,9 +12,9 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/Dstack-TEE/meta-dstack/internal/atomicfile"
 	"github.com/Dstack-TEE/meta-dstack/internal/bootscripts"
 	"github.com/Dstack-TEE/meta-dstack/internal/initramfs"
-	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/atomicfile"
 )
 
 // Deploy is an assembled deploy directory (absolute paths of its files).
@@ -304,25 +304,10 @@ func BuildRootfs(h Host, repoRoot, out string) error {
 	if b, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("demo: mksquashfs: %v\n%s", err, b)
 	}
-	return copyAtomic(tmp, out, 0o644)
-}
-
-// copyAtomic copies src to dst through a temporary file renamed when complete.
-func copyAtomic(src, dst string, perm os.FileMode) error {
-	in, err := os.Open(src)
-	if err != nil {
+	if _, err := atomicfile.Copy(out, tmp, 0o644, nil); err != nil {
 		return fmt.Errorf("demo: %w", err)
 	}
-	defer in.Close()
-	f, err := atomicfile.Create(dst, perm)
-	if err != nil {
-		return fmt.Errorf("demo: %w", err)
-	}
-	defer f.Abort()
-	if _, err := io.Copy(f, in); err != nil {
-		return fmt.Errorf("demo: copy %s to %s: %w", src, dst, err)
-	}
-	return f.Commit()
+	return nil
 }
 
 // Assemble writes a deploy directory in dir from the host parts h and the
@@ -343,8 +328,8 @@ func Assemble(h Host, repoRoot, dir string) (Deploy, error) {
 		return d, fmt.Errorf("demo: %w", err)
 	}
 	for _, c := range [][2]string{{h.Kernel, d.Kernel}, {h.Stub, d.Stub}, {h.OVMF, d.OVMF}} {
-		if err := copyAtomic(c[0], c[1], 0o644); err != nil {
-			return d, err
+		if _, err := atomicfile.Copy(c[1], c[0], 0o644, nil); err != nil {
+			return d, fmt.Errorf("demo: %w", err)
 		}
 	}
 	f, err := atomicfile.Create(d.Initrd, 0o644)

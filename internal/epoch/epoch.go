@@ -41,15 +41,25 @@ func Parse(s string) (int64, error) {
 	return n, nil
 }
 
+// Lookup reads SOURCE_DATE_EPOCH through getenv (os.Getenv, or a test's
+// map) and returns its seconds; set is false (and err nil) when it is unset
+// or empty.
+func Lookup(getenv func(string) string) (n int64, set bool, err error) {
+	s := getenv(Var)
+	if s == "" {
+		return 0, false, nil
+	}
+	if n, err = Parse(s); err != nil {
+		return 0, false, err
+	}
+	return n, true, nil
+}
+
 // FromEnv returns SOURCE_DATE_EPOCH from the environment as a UTC time; set
 // is false (and err nil) when it is unset or empty.
 func FromEnv() (t time.Time, set bool, err error) {
-	s := os.Getenv(Var)
-	if s == "" {
-		return time.Time{}, false, nil
-	}
-	n, err := Parse(s)
-	if err != nil {
+	n, set, err := Lookup(os.Getenv)
+	if !set || err != nil {
 		return time.Time{}, false, err
 	}
 	return time.Unix(n, 0).UTC(), true, nil

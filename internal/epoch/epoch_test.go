@@ -51,3 +51,26 @@ func TestFromEnv(t *testing.T) {
 		t.Errorf("soon: err=%v", err)
 	}
 }
+
+func TestLookup(t *testing.T) {
+	for _, tc := range []struct {
+		env     map[string]string
+		want    int64
+		set, ok bool
+	}{
+		{nil, 0, false, true},
+		{map[string]string{Var: ""}, 0, false, true},
+		{map[string]string{Var: "0"}, 0, true, true},
+		{map[string]string{Var: "1700000000"}, 1700000000, true, true},
+		{map[string]string{Var: "-5"}, 0, false, false},
+		{map[string]string{"OTHER": "7"}, 0, false, true},
+	} {
+		n, set, err := Lookup(func(k string) string { return tc.env[k] })
+		if n != tc.want || set != tc.set || (err == nil) != tc.ok {
+			t.Errorf("%v: %d %v %v; want %d %v ok=%v", tc.env, n, set, err, tc.want, tc.set, tc.ok)
+		}
+		if err != nil && !errors.Is(err, ErrMalformed) {
+			t.Errorf("%v: %v does not wrap ErrMalformed", tc.env, err)
+		}
+	}
+}

@@ -303,7 +303,7 @@ func (f *fixture) vmConfig(t *testing.T, data, shared string, extra ...string) q
 	cfg.MemoryMiB = 1536
 	cfg.CPUs = 2
 	cfg.ExtraArgs = append(cfg.ExtraArgs,
-		"-virtfs", "local,path="+strings.ReplaceAll(shared, ",", ",,")+",mount_tag=host-shared,security_model=none,readonly=on",
+		"-virtfs", "local,path="+qemu.Escape(shared)+",mount_tag=host-shared,security_model=none,readonly=on",
 		"-device", "virtio-rng-pci")
 	return cfg
 }

@@ -9,7 +9,7 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/atomicfile"
+	"github.com/Dstack-TEE/meta-dstack/internal/atomicfile"
 )
 
 // Crate is one [[package]] of a Cargo.lock.
@@ -157,13 +157,5 @@ func WriteCratesInc(lock, commit, out string) error {
 	if err != nil {
 		return fmt.Errorf("Cargo.lock %s: %w", lock, err)
 	}
-	f, err := atomicfile.Create(out, 0o644)
-	if err != nil {
-		return err
-	}
-	defer f.Abort()
-	if _, err := f.Write([]byte(inc)); err != nil {
-		return fmt.Errorf("%s: %w", out, err)
-	}
-	return f.Commit()
+	return atomicfile.WriteFile(out, []byte(inc), 0o644)
 }

@@ -28,8 +28,8 @@ import (
 	"strings"
 	"text/template"
 
+	"github.com/Dstack-TEE/meta-dstack/internal/atomicfile"
 	"github.com/Dstack-TEE/meta-dstack/internal/values"
-	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/atomicfile"
 	"github.com/Masterminds/sprig/v3"
 )
 
@@ -286,16 +286,8 @@ func Write(o Options) (Result, error) {
 		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
 			return res, err
 		}
-		af, err := atomicfile.Create(dst, f.Mode)
-		if err != nil {
+		if err := atomicfile.WriteFile(dst, f.Data, f.Mode); err != nil {
 			return res, err
-		}
-		if _, err := af.Write(f.Data); err != nil {
-			af.Abort()
-			return res, fmt.Errorf("%s: %w", dst, err)
-		}
-		if err := af.Commit(); err != nil {
-			return res, fmt.Errorf("%s: %w", dst, err)
 		}
 		res.Written = append(res.Written, f.Path)
 	}

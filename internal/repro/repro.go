@@ -17,7 +17,7 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/atomicfile"
+	"github.com/Dstack-TEE/meta-dstack/internal/atomicfile"
 )
 
 // Kind says how one path differs between the two trees.

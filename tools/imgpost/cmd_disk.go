@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -46,11 +47,20 @@ func runDisk(args []string, stdout, stderr io.Writer) error {
 		ESPSize: esp, DiskGUID: *diskGUID, ESPGUID: *espGUID, RootfsGUID: *rootfsGUID,
 	})
 	if err != nil {
-		return err
+		return espHint(err)
 	}
 	fmt.Fprintf(stdout, "%s: %d bytes (%d GiB), ESP %d MiB at %d, %s %d bytes at %d\n",
 		*out, l.Size, l.Size/disk.GiB, l.ESP.Size/disk.MiB, l.ESP.Offset, disk.RootfsName, l.Rootfs.Size, l.Rootfs.Offset)
 	return nil
+}
+
+// espHint adds which flag makes the ESP larger to a disk.ESPTooSmallError.
+func espHint(err error) error {
+	var e *disk.ESPTooSmallError
+	if errors.As(err, &e) {
+		return fmt.Errorf("%w (use a larger --esp-size)", err)
+	}
+	return err
 }
 
 // inspectDiskImage draws the partition map of a disk image and, when the ESP

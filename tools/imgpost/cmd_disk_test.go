@@ -109,6 +109,10 @@ func TestDiskGCPCLIErrors(t *testing.T) {
 	testutil.WriteRandom(t, rootfs, 1<<20, 1)
 	text := filepath.Join(dir, "text.efi")
 	os.WriteFile(text, []byte("hello, not a PE\n"), 0o644)
+	big := filepath.Join(dir, "big.efi")
+	stub, _ := os.ReadFile(debianStub)
+	os.WriteFile(big, stub, 0o644)
+	os.Truncate(big, 60<<20)
 	outDir := filepath.Join(dir, "out")
 	os.Mkdir(outDir, 0o755)
 	out := filepath.Join(outDir, "disk.raw")
@@ -123,6 +127,7 @@ func TestDiskGCPCLIErrors(t *testing.T) {
 		{"extra arg", []string{"disk", "--uki", debianStub, "--rootfs", rootfs, "--out", out, "x"}, 2, "unexpected"},
 		{"missing uki", []string{"disk", "--uki", filepath.Join(dir, "nope"), "--rootfs", rootfs, "--out", out}, 1, "nope"},
 		{"not PE", []string{"disk", "--uki", text, "--rootfs", rootfs, "--out", out}, 1, "text.efi: not a PE image"},
+		{"uki too big", []string{"disk", "--uki", big, "--rootfs", rootfs, "--out", out, "--esp-size", "64MiB"}, 1, "does not fit in an ESP of 64 MiB (use a larger --esp-size)"},
 		{"bad guid", []string{"disk", "--uki", debianStub, "--rootfs", rootfs, "--out", out, "--disk-guid", "1234"}, 1, "not a GUID"},
 		{"unwritable dir", []string{"disk", "--uki", debianStub, "--rootfs", rootfs, "--out", filepath.Join(dir, "no", "disk.raw")}, 1, "output directory"},
 		{"gcp no args", []string{"gcp"}, 2, "required"},

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -91,10 +92,13 @@ func runDist(args []string, stdout, stderr io.Writer) error {
 	}
 	res, err := dist.Run(o)
 	if err != nil {
-		return err
+		return distFlagError(err)
 	}
-	if res.NoTDX != "" {
-		fmt.Fprintf(stderr, "imgpost dist: no %s (%s)\n", measure.TDXFileName, res.NoTDX)
+	switch {
+	case res.NoTDX == dist.NoFirmware:
+		fmt.Fprintf(stderr, "imgpost dist: no %s (no --ovmf: %s)\n", measure.TDXFileName, res.NoTDX)
+	case res.NoTDX != "":
+		fmt.Fprintf(stderr, "imgpost dist: no %s (--ovmf %s)\n", measure.TDXFileName, res.NoTDX)
 	}
 	fmt.Fprintf(stdout, "%s: root hash %s, rootfs size %d, digest %s\n", res.Name, res.Verity.RootHashHex(), res.Verity.DataSize(), res.Digest)
 	fmt.Fprintf(stdout, "UKI Authenticode sha256 %s\n", res.AuthHash)
@@ -102,4 +106,21 @@ func runDist(args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintf(stdout, "%s  %12d  %s\n", a.SHA256, a.Size, a.Path)
 	}
 	return nil
+}
+
+// distFlags are the flags of dist.Options' fields.
+var distFlags = map[string]string{
+	"Kernel": "--kernel", "Initrd": "--initrd", "Rootfs": "--rootfs", "Stub": "--stub", "OVMF": "--ovmf",
+	"DistName": "--dist-name", "Version": "--version", "Flavor": "--flavor", "OutDir": "--out-dir",
+	"CmdlineBase": "--cmdline-base", "GCPCmdlineExtra": "--gcp-cmdline-extra", "ESPSize": "--esp-size",
+}
+
+// distFlagError names the flag in a dist.FieldError (and says which flag
+// makes the ESP larger when the UKI does not fit).
+func distFlagError(err error) error {
+	var fe *dist.FieldError
+	if errors.As(err, &fe) {
+		fe.Label = distFlags[fe.Field]
+	}
+	return espHint(err)
 }

@@ -96,7 +96,10 @@ func TestDistAndVerifyCommands(t *testing.T) {
 		{[]string{"dist", "--kernel", in.Kernel}, 2, "required"},
 		{append(append([]string{}, args...), "--flavor", "qa"), 2, "--flavor"},
 		{withArg(args, "--rootfs", in.Initrd), 1, "not a squashfs"},
-		{withArg(args, "--stub", in.Initrd), 1, "--stub"},
+		{withArg(args, "--stub", in.Initrd), 1, "--stub " + in.Initrd + ": not a PE image"},
+		{withArg(args, "--kernel", filepath.Join(dir, "nope")), 1, "--kernel " + filepath.Join(dir, "nope") + ": no such file"},
+		{withArg(args, "--out-dir", in.Initrd), 1, "--out-dir: mkdir " + in.Initrd},
+		{append(append([]string{}, args...), "--cmdline-base", "coherent_pool=1M"), 1, `--cmdline-base "coherent_pool=1M": reserved kernel argument`},
 		{[]string{"verify"}, 2, "PATH"},
 		{[]string{"verify", filepath.Join(dir, "missing")}, 1, "no such file"},
 	} {

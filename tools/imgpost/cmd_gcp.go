@@ -6,7 +6,7 @@ import (
 	"os"
 	"time"
 
-	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/atomicfile"
+	"github.com/Dstack-TEE/meta-dstack/internal/atomicfile"
 	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/gcptar"
 )
 

@@ -14,7 +14,7 @@ import (
 	"os"
 	"sort"
 
-	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/atomicfile"
+	"github.com/Dstack-TEE/meta-dstack/internal/atomicfile"
 )
 
 // command is one imgpost subcommand.

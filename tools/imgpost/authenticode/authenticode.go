@@ -45,7 +45,7 @@ import (
 	"io"
 	"os"
 
-	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/atomicfile"
+	"github.com/Dstack-TEE/meta-dstack/internal/atomicfile"
 	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/pe"
 )
 

@@ -6,6 +6,7 @@ import (
 	"debug/pe"
 	"encoding/binary"
 	"encoding/hex"
+	"errors"
 	"io"
 	"os"
 	"os/exec"
@@ -15,6 +16,7 @@ import (
 	"testing"
 
 	"github.com/Dstack-TEE/meta-dstack/internal/testutil"
+	imgpe "github.com/Dstack-TEE/meta-dstack/tools/imgpost/pe"
 	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/uki"
 )
 
@@ -121,8 +123,8 @@ func TestBadImages(t *testing.T) {
 	testutil.NeedFile(t, testutil.DebianStub, "systemd-boot-efi")
 	stub, _ := os.ReadFile(testutil.DebianStub)
 	le := binary.LittleEndian
-	pe := int(le.Uint32(stub[0x3c:]))
-	opt := pe + 24
+	peOff := int(le.Uint32(stub[0x3c:]))
+	opt := peOff + 24
 	mod := func(f func(b []byte)) []byte { b := bytes.Clone(stub); f(b); return b }
 	cases := []struct {
 		name string
@@ -131,7 +133,7 @@ func TestBadImages(t *testing.T) {
 	}{
 		{"empty", nil, "not a PE image"},
 		{"text", []byte(strings.Repeat("x", 200)), "no MZ"},
-		{"no PE", mod(func(b []byte) { b[pe] = 'X' }), "signature"},
+		{"no PE", mod(func(b []byte) { b[peOff] = 'X' }), "signature"},
 		{"bad magic", mod(func(b []byte) { le.PutUint16(b[opt:], 0x999) }), "magic"},
 		{"section past EOF", stub[:len(stub)/2], "runs past the end"},
 		{"cert table past EOF", mod(func(b []byte) {
@@ -144,8 +146,8 @@ func TestBadImages(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			for _, f := range []func(io.ReaderAt, int64, crypto.Hash) ([]byte, error){Digest, FirmwareDigest} {
 				_, err := f(bytes.NewReader(c.data), int64(len(c.data)), crypto.SHA256)
-				if err == nil || !strings.Contains(err.Error(), c.want) {
-					t.Fatalf("error %v, want %q", err, c.want)
+				if !errors.Is(err, imgpe.ErrFormat) || !strings.Contains(err.Error(), c.want) {
+					t.Fatalf("error %v, want pe.ErrFormat and %q", err, c.want)
 				}
 			}
 		})

@@ -29,8 +29,8 @@ import (
 	"github.com/google/uuid"
 	"golang.org/x/sys/unix"
 
+	"github.com/Dstack-TEE/meta-dstack/internal/atomicfile"
 	"github.com/Dstack-TEE/meta-dstack/internal/epoch"
-	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/atomicfile"
 	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/pe"
 )
 
@@ -75,6 +75,16 @@ const (
 	// (PARTUUID=d5acc000-0000-4000-8000-000000000002).
 	DefaultRootfsGUID = "D5ACC000-0000-4000-8000-000000000002"
 )
+
+// ESPTooSmallError is Plan's error when the UKI does not fit in the ESP
+// (Options.ESPSize): FAT's own structures need about a tenth of it.
+type ESPTooSmallError struct {
+	UKISize, ESPSize int64 // bytes
+}
+
+func (e *ESPTooSmallError) Error() string {
+	return fmt.Sprintf("UKI of %d bytes does not fit in an ESP of %d MiB", e.UKISize, e.ESPSize/MiB)
+}
 
 // fatEpoch is the earliest time a FAT directory entry can record.
 var fatEpoch = time.Date(1980, 1, 1, 0, 0, 0, 0, time.UTC)
@@ -194,7 +204,7 @@ func Plan(rootfsSize, ukiSize int64, opts Options) (Layout, error) {
 	// FAT metadata (reserved sectors, two FATs, 3 directory clusters) takes
 	// well under 5% of the ESP; keep the UKI below 90% to leave room.
 	if ukiSize > o.ESPSize/10*9 {
-		return Layout{}, fmt.Errorf("UKI of %d bytes does not fit in an ESP of %d MiB (use a larger --esp-size)", ukiSize, o.ESPSize/MiB)
+		return Layout{}, &ESPTooSmallError{UKISize: ukiSize, ESPSize: o.ESPSize}
 	}
 	l := Layout{
 		ESP:        Extent{Offset: Align, Size: o.ESPSize},
@@ -336,13 +346,13 @@ var fatTimeMu sync.Mutex
 func writeESP(sb *sparseBackend, l Layout, uki *os.File, t time.Time) (err error) {
 	fatTimeMu.Lock()
 	defer fatTimeMu.Unlock()
-	old, had := os.LookupEnv("SOURCE_DATE_EPOCH")
-	os.Setenv("SOURCE_DATE_EPOCH", strconv.FormatInt(t.Unix(), 10))
+	old, had := os.LookupEnv(epoch.Var)
+	os.Setenv(epoch.Var, strconv.FormatInt(t.Unix(), 10))
 	defer func() {
 		if had {
-			os.Setenv("SOURCE_DATE_EPOCH", old)
+			os.Setenv(epoch.Var, old)
 		} else {
-			os.Unsetenv("SOURCE_DATE_EPOCH")
+			os.Unsetenv(epoch.Var)
 		}
 	}()
 

@@ -2,6 +2,7 @@ package disk
 
 import (
 	"bytes"
+	"errors"
 	"io"
 	"os"
 	"os/exec"
@@ -311,7 +312,7 @@ func TestReaderDetectsDamage(t *testing.T) {
 			f.Close()
 			d, err := Open(p)
 			if tc.openErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tc.openErr) {
+				if !errors.Is(err, ErrBadGPT) || !strings.Contains(err.Error(), tc.openErr) {
 					t.Fatalf("Open: %v, want error containing %q", err, tc.openErr)
 				}
 				return
@@ -320,7 +321,7 @@ func TestReaderDetectsDamage(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer d.Close()
-			if err := d.Verify(); err == nil || !strings.Contains(err.Error(), tc.verErr) {
+			if err := d.Verify(); !errors.Is(err, ErrBadGPT) || !strings.Contains(err.Error(), tc.verErr) {
 				t.Fatalf("Verify: %v, want error containing %q", err, tc.verErr)
 			}
 		})
@@ -360,6 +361,10 @@ func TestBadInputs(t *testing.T) {
 			_, err := BuildFile(out, tc.uki, tc.rootfs, tc.opts)
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("err %v, want it to contain %q", err, tc.want)
+			}
+			var small *ESPTooSmallError
+			if errors.As(err, &small) != (tc.name == "uki too big") {
+				t.Errorf("err %v: ESPTooSmallError %v", err, small)
 			}
 			ents, _ := os.ReadDir(filepath.Dir(out))
 			if len(ents) != 0 {

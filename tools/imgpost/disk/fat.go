@@ -6,8 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"strings"
 	"unicode/utf16"
+
+	"github.com/Dstack-TEE/meta-dstack/internal/errkind"
 )
 
 // This file reads the ESP's FAT32 file system the way a verifier must: every
@@ -347,7 +350,7 @@ func (v *FAT) lookup(ents []DirEntry, name, dir string) (DirEntry, error) {
 	}
 	i, ok := owner[fold(name)]
 	if !ok {
-		return DirEntry{}, fmt.Errorf("%s: %s: no %s", v.name, dir, name)
+		return DirEntry{}, errkind.Errorf(fs.ErrNotExist, "%s: %s: no %s", v.name, dir, name)
 	}
 	return ents[i], nil
 }

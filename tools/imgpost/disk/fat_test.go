@@ -3,7 +3,9 @@ package disk
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"io"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -72,7 +74,7 @@ func TestFATOpen(t *testing.T) {
 	bad := newTinyFAT(tinyEntry{short: "BOOTX~1 EFI", long: "BOOTX64.EFI", data: ukiBytes})
 	slot := 2 // first LFN entry after . and ..
 	bad.img[(tinyData+int(bad.bootDir)-2)*512+32*slot+13]++
-	if _, err := openTiny(bad); err == nil || !strings.Contains(err.Error(), "no BOOTX64.EFI") {
+	if _, err := openTiny(bad); !errors.Is(err, fs.ErrNotExist) || !strings.Contains(err.Error(), "no BOOTX64.EFI") {
 		t.Fatalf("bad LFN checksum: %v", err)
 	}
 }
@@ -141,6 +143,10 @@ func TestFATRefuses(t *testing.T) {
 			if err == nil || !strings.Contains(err.Error(), c.want) {
 				t.Fatalf("error %v, want %q", err, c.want)
 			}
+			// Malformed (ErrBadFAT) or, for a missing file, fs.ErrNotExist: never both.
+			if errors.Is(err, ErrBadFAT) == (c.name == "no BOOTX64.EFI") || errors.Is(err, fs.ErrNotExist) != (c.name == "no BOOTX64.EFI") {
+				t.Errorf("error %v: ErrBadFAT %v, fs.ErrNotExist %v", err, errors.Is(err, ErrBadFAT), errors.Is(err, fs.ErrNotExist))
+			}
 		})
 	}
 }
@@ -159,6 +165,7 @@ func TestBootFile(t *testing.T) {
 		{"non-ESP FAT partition after", []tinyPart{{TypeESP, "esp", goodTiny().img}, {"EBD0A0A2-B9E5-4433-87C0-68B6B72699C7", "data", other}}, "besides the ESP"},
 		{"two ESPs", []tinyPart{{TypeESP, "esp", goodTiny().img}, {TypeESP, "esp2", notFAT}}, "2 partitions typed"},
 		{"ESP not FAT", []tinyPart{{TypeESP, "esp", notFAT}}, "no FAT file system"},
+		{"no BOOTX64.EFI", []tinyPart{{TypeESP, "esp", newTinyFAT(tinyEntry{short: "GRUBX64 EFI", data: ukiBytes}).img}}, "no BOOTX64.EFI"},
 		{"MBR inside a partition", []tinyPart{{TypeESP, "esp", goodTiny().img}, {TypeLinux, "data", nestedMBR(notFAT)}}, "holds an MBR partition table"},
 		{"GPT inside a partition", []tinyPart{{TypeESP, "esp", goodTiny().img}, {TypeLinux, "data", noMBR(tinyDisk(tinyPart{TypeESP, "x", goodTiny().img}))}}, "holds a GPT header"},
 	}
@@ -183,8 +190,8 @@ func TestBootFile(t *testing.T) {
 				}
 				return
 			}
-			if err == nil || !strings.Contains(err.Error(), c.want) {
-				t.Fatalf("error %v, want %q", err, c.want)
+			if !errors.Is(err, ErrBootPath) || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("error %v, want ErrBootPath and %q", err, c.want)
 			}
 		})
 	}
@@ -192,7 +199,7 @@ func TestBootFile(t *testing.T) {
 	img := tinyDisk(tinyPart{TypeESP, "esp", goodTiny().img})
 	copy(img[11:64], goodTiny().img[11:64])
 	d, _ := NewReader(bytes.NewReader(img), int64(len(img)), "tiny.raw")
-	if _, err := d.BootFile(); err == nil || !strings.Contains(err.Error(), "LBA 0") {
+	if _, err := d.BootFile(); !errors.Is(err, ErrBootPath) || !strings.Contains(err.Error(), "LBA 0") {
 		t.Fatalf("FAT MBR: %v", err)
 	}
 }
@@ -217,7 +224,7 @@ func TestGPTBounds(t *testing.T) {
 			c.mod(img[512 : 512+92])
 			rehashGPT(img)
 			_, err := NewReader(bytes.NewReader(img), int64(len(img)), "tiny.raw")
-			if err == nil || !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), "tiny.raw") {
+			if !errors.Is(err, ErrBadGPT) || !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), "tiny.raw") {
 				t.Fatalf("error %v, want %q", err, c.want)
 			}
 		})

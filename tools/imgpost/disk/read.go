@@ -3,11 +3,15 @@ package disk
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"hash/crc32"
 	"io"
+	"io/fs"
 	"os"
 	"unicode/utf16"
+
+	"github.com/Dstack-TEE/meta-dstack/internal/errkind"
 )
 
 // Partition is one GPT entry as found on a disk.
@@ -72,7 +76,7 @@ func (d *Disk) Name() string { return d.name }
 func NewReader(r io.ReaderAt, size int64, name string) (*Disk, error) {
 	d := &Disk{r: r, name: name, Size: size}
 	if size < 67*SectorSize || size%SectorSize != 0 {
-		return nil, fmt.Errorf("%s: %d bytes is not a GPT disk (too small or not whole sectors)", name, size)
+		return nil, errkind.Errorf(ErrBadGPT, "%s: %d bytes is not a GPT disk (too small or not whole sectors)", name, size)
 	}
 	h, err := d.readHeader(1)
 	if err != nil {
@@ -94,7 +98,7 @@ func NewReader(r io.ReaderAt, size int64, name string) (*Disk, error) {
 			Name:     utf16Name(e[56:128]),
 		}
 		if p.LastLBA < p.FirstLBA {
-			return nil, fmt.Errorf("%s: partition %d ends (LBA %d) before it starts (LBA %d)", name, p.Index, p.LastLBA, p.FirstLBA)
+			return nil, errkind.Errorf(ErrBadGPT, "%s: partition %d ends (LBA %d) before it starts (LBA %d)", name, p.Index, p.LastLBA, p.FirstLBA)
 		}
 		p.Offset = int64(p.FirstLBA) * SectorSize
 		p.Size = int64(p.LastLBA-p.FirstLBA+1) * SectorSize
@@ -124,17 +128,17 @@ func (d *Disk) readHeader(lba uint64) (*gptHeader, error) {
 		return nil, fmt.Errorf("read LBA %d: %w", lba, err)
 	}
 	if string(b[0:8]) != "EFI PART" {
-		return nil, fmt.Errorf("no \"EFI PART\" signature at LBA %d", lba)
+		return nil, errkind.Errorf(ErrBadGPT, "no \"EFI PART\" signature at LBA %d", lba)
 	}
 	hsize := binary.LittleEndian.Uint32(b[12:16])
 	if hsize < 92 || hsize > SectorSize {
-		return nil, fmt.Errorf("header size %d at LBA %d", hsize, lba)
+		return nil, errkind.Errorf(ErrBadGPT, "header size %d at LBA %d", hsize, lba)
 	}
 	want := binary.LittleEndian.Uint32(b[16:20])
 	hb := append([]byte(nil), b[:hsize]...)
 	copy(hb[16:20], []byte{0, 0, 0, 0})
 	if got := crc32.ChecksumIEEE(hb); got != want {
-		return nil, fmt.Errorf("header CRC at LBA %d is %08x, computed %08x", lba, want, got)
+		return nil, errkind.Errorf(ErrBadGPT, "header CRC at LBA %d is %08x, computed %08x", lba, want, got)
 	}
 	h := &gptHeader{
 		my:          binary.LittleEndian.Uint64(b[24:32]),
@@ -147,26 +151,26 @@ func (d *Disk) readHeader(lba uint64) (*gptHeader, error) {
 		entrySize:   binary.LittleEndian.Uint32(b[84:88]),
 	}
 	if h.my != lba {
-		return nil, fmt.Errorf("header at LBA %d says it is at LBA %d", lba, h.my)
+		return nil, errkind.Errorf(ErrBadGPT, "header at LBA %d says it is at LBA %d", lba, h.my)
 	}
 	// UEFI: SizeOfPartitionEntry is 128 × 2^n; bound it and the count
 	// before allocating, and check the array lies on the disk.
 	if h.entrySize < 128 || h.entrySize > maxEntrySize || h.entrySize&(h.entrySize-1) != 0 {
-		return nil, fmt.Errorf("header at LBA %d: SizeOfPartitionEntry %d: want 128 × a power of two, at most %d", lba, h.entrySize, maxEntrySize)
+		return nil, errkind.Errorf(ErrBadGPT, "header at LBA %d: SizeOfPartitionEntry %d: want 128 × a power of two, at most %d", lba, h.entrySize, maxEntrySize)
 	}
 	if h.numEntries == 0 || h.numEntries > maxEntries {
-		return nil, fmt.Errorf("header at LBA %d: NumberOfPartitionEntries %d: want 1..%d", lba, h.numEntries, maxEntries)
+		return nil, errkind.Errorf(ErrBadGPT, "header at LBA %d: NumberOfPartitionEntries %d: want 1..%d", lba, h.numEntries, maxEntries)
 	}
 	arrBytes := int64(h.numEntries) * int64(h.entrySize)
 	if h.entriesLBA > uint64(d.Size/SectorSize) || int64(h.entriesLBA)*SectorSize+arrBytes > d.Size {
-		return nil, fmt.Errorf("header at LBA %d: PartitionEntryLBA %d: the entry array (%d bytes) runs past the end of the disk", lba, h.entriesLBA, arrBytes)
+		return nil, errkind.Errorf(ErrBadGPT, "header at LBA %d: PartitionEntryLBA %d: the entry array (%d bytes) runs past the end of the disk", lba, h.entriesLBA, arrBytes)
 	}
 	h.entries = make([]byte, arrBytes)
 	if _, err := d.r.ReadAt(h.entries, int64(h.entriesLBA)*SectorSize); err != nil {
 		return nil, fmt.Errorf("read entry array at LBA %d: %w", h.entriesLBA, err)
 	}
 	if got, want := crc32.ChecksumIEEE(h.entries), binary.LittleEndian.Uint32(b[88:92]); got != want {
-		return nil, fmt.Errorf("entry array CRC (header at LBA %d) is %08x, computed %08x", lba, want, got)
+		return nil, errkind.Errorf(ErrBadGPT, "entry array CRC (header at LBA %d) is %08x, computed %08x", lba, want, got)
 	}
 	return h, nil
 }
@@ -180,36 +184,36 @@ func (d *Disk) Verify() error {
 		return fmt.Errorf("%s: read MBR: %w", d.name, err)
 	}
 	if mbr[510] != 0x55 || mbr[511] != 0xaa {
-		return fmt.Errorf("%s: no MBR boot signature", d.name)
+		return errkind.Errorf(ErrBadGPT, "%s: no MBR boot signature", d.name)
 	}
 	if mbr[446+4] != 0xee || binary.LittleEndian.Uint32(mbr[446+8:]) != 1 {
-		return fmt.Errorf("%s: MBR has no protective (type 0xEE, from LBA 1) partition", d.name)
+		return errkind.Errorf(ErrBadGPT, "%s: MBR has no protective (type 0xEE, from LBA 1) partition", d.name)
 	}
 	last := uint64(d.Size/SectorSize) - 1
 	if d.BackupLBA != last {
-		return fmt.Errorf("%s: primary GPT puts the backup at LBA %d, the last sector is %d", d.name, d.BackupLBA, last)
+		return errkind.Errorf(ErrBadGPT, "%s: primary GPT puts the backup at LBA %d, the last sector is %d", d.name, d.BackupLBA, last)
 	}
 	bk, err := d.readHeader(last)
 	if err != nil {
 		return fmt.Errorf("%s: backup GPT: %w", d.name, err)
 	}
 	if bk.alternate != 1 || bk.diskGUID != d.GUID || bk.firstUsable != d.FirstUsable || bk.lastUsable != d.LastUsable {
-		return fmt.Errorf("%s: backup GPT header disagrees with the primary", d.name)
+		return errkind.Errorf(ErrBadGPT, "%s: backup GPT header disagrees with the primary", d.name)
 	}
 	if !bytes.Equal(bk.entries, d.entries) {
-		return fmt.Errorf("%s: backup GPT partition entries differ from the primary's", d.name)
+		return errkind.Errorf(ErrBadGPT, "%s: backup GPT partition entries differ from the primary's", d.name)
 	}
 	arr := uint64((len(d.entries) + SectorSize - 1) / SectorSize)
 	if d.FirstUsable < d.entriesLBA+arr || d.LastUsable >= bk.entriesLBA || bk.entriesLBA+arr > last {
-		return fmt.Errorf("%s: usable range LBA %d-%d overlaps the GPT structures", d.name, d.FirstUsable, d.LastUsable)
+		return errkind.Errorf(ErrBadGPT, "%s: usable range LBA %d-%d overlaps the GPT structures", d.name, d.FirstUsable, d.LastUsable)
 	}
 	for i, p := range d.Partitions {
 		if p.FirstLBA < d.FirstUsable || p.LastLBA > d.LastUsable {
-			return fmt.Errorf("%s: partition %d (LBA %d-%d) lies outside the usable range %d-%d", d.name, p.Index, p.FirstLBA, p.LastLBA, d.FirstUsable, d.LastUsable)
+			return errkind.Errorf(ErrBadGPT, "%s: partition %d (LBA %d-%d) lies outside the usable range %d-%d", d.name, p.Index, p.FirstLBA, p.LastLBA, d.FirstUsable, d.LastUsable)
 		}
 		for _, q := range d.Partitions[:i] {
 			if p.FirstLBA <= q.LastLBA && q.FirstLBA <= p.LastLBA {
-				return fmt.Errorf("%s: partitions %d and %d overlap", d.name, q.Index, p.Index)
+				return errkind.Errorf(ErrBadGPT, "%s: partitions %d and %d overlap", d.name, q.Index, p.Index)
 			}
 		}
 	}
@@ -223,7 +227,7 @@ func (d *Disk) Partition(name string) (Partition, error) {
 			return p, nil
 		}
 	}
-	return Partition{}, fmt.Errorf("%s: no partition named %q", d.name, name)
+	return Partition{}, errkind.Errorf(ErrNoPartition, "%s: no partition named %q", d.name, name)
 }
 
 // ESP returns the first partition of type EFI System Partition.
@@ -233,7 +237,7 @@ func (d *Disk) ESP() (Partition, error) {
 			return p, nil
 		}
 	}
-	return Partition{}, fmt.Errorf("%s: no EFI System Partition", d.name)
+	return Partition{}, errkind.Errorf(ErrNoPartition, "%s: no EFI System Partition", d.name)
 }
 
 // Section returns a reader over the partition with the given GPT name.
@@ -288,7 +292,7 @@ func (d *Disk) BootFile() (*Boot, error) {
 		return nil, fmt.Errorf("%s: read LBA 0: %w", d.name, err)
 	}
 	if LooksFAT(sec) {
-		return nil, fmt.Errorf("%s: LBA 0 (the protective MBR) is also a FAT boot sector: firmware may boot the whole disk as a FAT volume", d.name)
+		return nil, errkind.Errorf(ErrBootPath, "%s: LBA 0 (the protective MBR) is also a FAT boot sector: firmware may boot the whole disk as a FAT volume", d.name)
 	}
 	var fats, esps []Partition
 	for _, p := range d.Partitions {
@@ -304,26 +308,29 @@ func (d *Disk) BootFile() (*Boot, error) {
 		if LooksFAT(sec) {
 			fats = append(fats, p)
 		} else if why := nestedTable(d.r, sec, p); why != "" {
-			return nil, fmt.Errorf("%s: partition %d %q holds %s: firmware may find a FAT file system inside it", d.name, p.Index, p.Name, why)
+			return nil, errkind.Errorf(ErrBootPath, "%s: partition %d %q holds %s: firmware may find a FAT file system inside it", d.name, p.Index, p.Name, why)
 		}
 	}
 	if len(esps) != 1 {
-		return nil, fmt.Errorf("%s: %d partitions typed as an EFI System Partition, want exactly one", d.name, len(esps))
+		return nil, errkind.Errorf(ErrBootPath, "%s: %d partitions typed as an EFI System Partition, want exactly one", d.name, len(esps))
 	}
 	esp := esps[0]
 	for _, p := range fats {
 		if p.Index != esp.Index {
-			return nil, fmt.Errorf("%s: partition %d %q (type %s) holds a FAT file system besides the ESP (partition %d): firmware may boot from it", d.name, p.Index, p.Name, p.Type, esp.Index)
+			return nil, errkind.Errorf(ErrBootPath, "%s: partition %d %q (type %s) holds a FAT file system besides the ESP (partition %d): firmware may boot from it", d.name, p.Index, p.Name, p.Type, esp.Index)
 		}
 	}
 	if len(fats) != 1 {
-		return nil, fmt.Errorf("%s: the ESP (partition %d) holds no FAT file system", d.name, esp.Index)
+		return nil, errkind.Errorf(ErrBootPath, "%s: the ESP (partition %d) holds no FAT file system", d.name, esp.Index)
 	}
 	v, err := OpenFAT(d.PartitionReader(esp), esp.Size, fmt.Sprintf("%s: ESP (partition %d)", d.name, esp.Index))
 	if err != nil {
 		return nil, err
 	}
 	f, err := v.Open(BootPath)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, errkind.Wrap(ErrBootPath, err)
+	}
 	if err != nil {
 		return nil, err
 	}

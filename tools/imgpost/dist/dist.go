@@ -31,8 +31,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/Dstack-TEE/meta-dstack/internal/atomicfile"
 	"github.com/Dstack-TEE/meta-dstack/internal/epoch"
-	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/atomicfile"
 	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/authenticode"
 	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/disk"
 	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/gcptar"
@@ -118,12 +118,16 @@ type Result struct {
 	UKICmdline string // the UKI's command line
 	AuthHash   string // the UKI's SHA-256 Authenticode digest
 	// NoTDX says why measurement.tdx.cbor was not written ("" when it was):
-	// no --ovmf, or a firmware without TDX metadata.
+	// NoFirmware when Options.OVMF is empty, else what is wrong with that
+	// firmware (a message naming Options.OVMF).
 	NoTDX     string
 	Digest    string // digest.txt
 	Artifacts []Artifact
 	Stages    []Stage
 }
+
+// NoFirmware is Result.NoTDX when no firmware was given.
+const NoFirmware = "the image ships no firmware"
 
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._+-]*$`)
 
@@ -145,50 +149,57 @@ func CmdlinesFor(base, rootHash string, size int64, extra []string) (bare, ukiCm
 	return bare, strings.Join(ukiArgs, " ")
 }
 
+// check returns a *FieldError for the first field at fault.
 func (o *Options) check() error {
-	for _, in := range []struct{ flag, path string }{
-		{"--kernel", o.Kernel}, {"--initrd", o.Initrd}, {"--rootfs", o.Rootfs}, {"--stub", o.Stub}, {"--ovmf", o.OVMF},
+	for _, in := range []struct{ field, path string }{
+		{"Kernel", o.Kernel}, {"Initrd", o.Initrd}, {"Rootfs", o.Rootfs}, {"Stub", o.Stub}, {"OVMF", o.OVMF},
 	} {
 		if in.path == "" {
-			if in.flag == "--ovmf" {
+			if in.field == "OVMF" {
 				continue
 			}
-			return fmt.Errorf("%s is required", in.flag)
+			return fileError(in.field, "", ErrRequired)
 		}
 		st, err := os.Stat(in.path)
 		if err != nil {
-			return fmt.Errorf("%s %s: %w", in.flag, in.path, errors.Unwrap(err))
+			return fileError(in.field, in.path, errors.Unwrap(err))
 		}
 		if !st.Mode().IsRegular() {
-			return fmt.Errorf("%s %s: not a regular file", in.flag, in.path)
+			return fileError(in.field, in.path, ErrNotRegular)
 		}
 		if st.Size() == 0 {
-			return fmt.Errorf("%s %s: empty file", in.flag, in.path)
+			return fileError(in.field, in.path, ErrEmptyFile)
 		}
 	}
+	badName := errors.New("want letters, digits and . _ + - (no slash, not empty)")
 	if !nameRE.MatchString(o.DistName) {
-		return fmt.Errorf("--dist-name %q: want letters, digits and . _ + - (no slash, not empty)", o.DistName)
+		return wordError("DistName", o.DistName, badName)
 	}
 	if !nameRE.MatchString(o.Version) {
-		return fmt.Errorf("--version %q: want letters, digits and . _ + - (no slash, not empty)", o.Version)
+		return wordError("Version", o.Version, badName)
 	}
 	if o.Flavor != "prod" && o.Flavor != "dev" {
-		return fmt.Errorf("--flavor %q: want prod or dev", o.Flavor)
+		return wordError("Flavor", o.Flavor, errors.New("want prod or dev"))
 	}
 	for _, a := range o.GCPCmdlineExtra {
 		if a == "" || strings.ContainsAny(a, " \t\n\"'") {
-			return fmt.Errorf("--gcp-cmdline-extra %q: one argument without blanks or quotes each", a)
+			return wordError("GCPCmdlineExtra", a, errors.New("one argument without blanks or quotes each"))
 		}
 	}
-	for _, a := range append(strings.Fields(o.CmdlineBase), o.GCPCmdlineExtra...) {
-		for _, p := range []string{"dstack.rootfs_hash=", "dstack.rootfs_size=", "coherent_pool=", "dstack.rootfs_device="} {
-			if strings.HasPrefix(a, p) {
-				return fmt.Errorf("kernel argument %q: imgpost dist adds %s itself", a, strings.TrimSuffix(p, "="))
+	for _, f := range []struct {
+		field string
+		args  []string
+	}{{"CmdlineBase", strings.Fields(o.CmdlineBase)}, {"GCPCmdlineExtra", o.GCPCmdlineExtra}} {
+		for _, a := range f.args {
+			for _, p := range []string{"dstack.rootfs_hash=", "dstack.rootfs_size=", "coherent_pool=", "dstack.rootfs_device="} {
+				if strings.HasPrefix(a, p) {
+					return wordError(f.field, a, fmt.Errorf("%w: dist adds %s itself", ErrReservedArg, strings.TrimSuffix(p, "=")))
+				}
 			}
 		}
 	}
 	if o.OutDir == "" {
-		return errors.New("--out-dir is empty")
+		return fileError("OutDir", "", ErrRequired)
 	}
 	return nil
 }
@@ -208,17 +219,17 @@ func Run(o Options) (res *Result, err error) {
 
 	// Early checks of the inputs, before any heavy work.
 	if _, err := sqfs.Check(o.Rootfs); err != nil {
-		return nil, fmt.Errorf("--rootfs: %w", err)
+		return nil, fileError("Rootfs", "", err)
 	}
 	if _, err := uki.Inspect(o.Stub); err != nil {
-		return nil, fmt.Errorf("--stub %s: not a PE image: %w", o.Stub, err)
+		return nil, fileError("Stub", o.Stub, fmt.Errorf("not a PE image: %w", err))
 	}
 	if _, err := uki.Inspect(o.Kernel); err != nil {
-		return nil, fmt.Errorf("--kernel %s: not an EFI-stub kernel (PE image): %w", o.Kernel, err)
+		return nil, fileError("Kernel", o.Kernel, fmt.Errorf("not an EFI-stub kernel (PE image): %w", err))
 	}
 
 	if err := os.MkdirAll(o.OutDir, 0o755); err != nil {
-		return nil, fmt.Errorf("--out-dir: %w", err)
+		return nil, fileError("OutDir", "", err)
 	}
 	if err := checkInputsOutside(o, name); err != nil {
 		return nil, err
@@ -228,7 +239,7 @@ func Run(o Options) (res *Result, err error) {
 	// or not yet touched them).
 	stage, forget, err := atomicfile.MkdirTemp(o.OutDir, "."+name+".tmp-")
 	if err != nil {
-		return nil, fmt.Errorf("--out-dir %s: cannot write there: %w", o.OutDir, errors.Unwrap(err))
+		return nil, fileError("OutDir", o.OutDir, fmt.Errorf("cannot write there: %w", errors.Unwrap(err)))
 	}
 	defer forget()
 	defer os.RemoveAll(stage)
@@ -245,7 +256,7 @@ func Run(o Options) (res *Result, err error) {
 	// the background while the first stages run (see output).
 	outs, err := newOutputs(o, stage, sdir, name)
 	if err != nil {
-		return nil, fmt.Errorf("--out-dir %s: %w", o.OutDir, err)
+		return nil, fileError("OutDir", o.OutDir, err)
 	}
 	defer outs.abort()
 	sums := newSummer()
@@ -344,9 +355,9 @@ func Run(o Options) (res *Result, err error) {
 		measured = append(measured, f.Name)
 	}
 	if ms.NoTDX != "" {
-		res.NoTDX = "no --ovmf: the image ships no firmware"
+		res.NoTDX = NoFirmware
 		if o.OVMF != "" {
-			res.NoTDX = strings.ReplaceAll(ms.NoTDX, in(OVMFName), "--ovmf "+o.OVMF)
+			res.NoTDX = strings.ReplaceAll(ms.NoTDX, in(OVMFName), o.OVMF)
 		}
 	}
 	res.Stages = append(res.Stages, t.done(0))
@@ -584,11 +595,11 @@ func checkInputsOutside(o Options, name string) error {
 			continue
 		}
 		if r, _ = filepath.Abs(r); strings.HasPrefix(r, fd+string(filepath.Separator)) {
-			return fmt.Errorf("input %s is inside the output directory %s, which dist replaces", in, final)
+			return fmt.Errorf("input %s is inside the output directory %s, which dist replaces: %w", in, final, atomicfile.ErrIsInput)
 		}
 		for _, e := range existing {
 			if err := atomicfile.CheckNotInput(e, in); err != nil {
-				return fmt.Errorf("input %s is a file of the output directory %s, which dist replaces (%v)", in, final, err)
+				return fmt.Errorf("input %s is a file of the output directory %s, which dist replaces (%w)", in, final, err)
 			}
 		}
 	}
@@ -597,22 +608,9 @@ func checkInputsOutside(o Options, name string) error {
 
 // copyHashed copies src to dst (atomically) and returns its size and sha256.
 func copyHashed(src, dst string) (int64, string, error) {
-	in, err := os.Open(src)
-	if err != nil {
-		return 0, "", err
-	}
-	defer in.Close()
-	out, err := atomicfile.Create(dst, 0o644)
-	if err != nil {
-		return 0, "", err
-	}
-	defer out.Abort()
 	h := sha256.New()
-	n, err := io.Copy(io.MultiWriter(out.File, h), in)
+	n, err := atomicfile.Copy(dst, src, 0o644, h)
 	if err != nil {
-		return 0, "", fmt.Errorf("copy %s: %w", src, err)
-	}
-	if err := out.Commit(); err != nil {
 		return 0, "", err
 	}
 	return n, hex.EncodeToString(h.Sum(nil)), nil

@@ -4,13 +4,16 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -20,6 +23,7 @@ import (
 	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/disk"
 	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/gcptar"
 	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/measure"
+	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/sqfs"
 )
 
 // tdxOVMF is Debian's OVMF.fd (package ovmf), which carries TDX metadata
@@ -298,7 +302,7 @@ func TestDistNoGCPAndRerun(t *testing.T) {
 	// Debian's OVMF_CODE_4M.fd has no TDX metadata: no measurement.tdx.cbor,
 	// and the result says why; then no firmware at all.
 	var res *Result
-	for i, want := range []string{"--ovmf " + testutil.DebianOVMF + ": firmware:", "no --ovmf"} {
+	for i, want := range []string{testutil.DebianOVMF + ": firmware:", NoFirmware} {
 		if i == 1 {
 			o.NoGCP = true
 			o.OVMF = ""
@@ -351,6 +355,8 @@ func TestDistBadInputs(t *testing.T) {
 	kb, _ := os.ReadFile(in.Kernel)
 	truncK := filepath.Join(dir, "truncated-bzImage")
 	os.WriteFile(truncK, kb[:len(kb)/2], 0o644)
+	empty := filepath.Join(dir, "empty")
+	os.WriteFile(empty, nil, 0o644)
 	// A directory nobody can create files in: root ignores permission bits, so
 	// as root use /sys (read-only to everyone).
 	roParent := filepath.Join(dir, "ro")
@@ -359,25 +365,31 @@ func TestDistBadInputs(t *testing.T) {
 		roParent = "/sys"
 	}
 	cases := []struct {
-		name string
-		mod  func(o *Options)
-		want string
+		name  string
+		mod   func(o *Options)
+		field string // the FieldError's Field ("": not a FieldError)
+		is    error  // what it wraps (nil: not checked)
+		want  string // in the message
 	}{
-		{"missing-kernel", func(o *Options) { o.Kernel = filepath.Join(dir, "nope") }, "--kernel"},
-		{"missing-initrd", func(o *Options) { o.Initrd = filepath.Join(dir, "nope") }, "--initrd"},
-		{"missing-ovmf", func(o *Options) { o.OVMF = filepath.Join(dir, "nope") }, "--ovmf"},
-		{"rootfs-not-squashfs", func(o *Options) { o.Rootfs = notSq }, "not a squashfs"},
-		{"stub-not-pe", func(o *Options) { o.Stub = notPE }, "--stub"},
-		{"kernel-not-pe", func(o *Options) { o.Kernel = notPE }, "--kernel"},
-		{"kernel-truncated", func(o *Options) { o.Kernel = truncK }, "truncated-bzImage: PE section"},
-		{"bad-flavor", func(o *Options) { o.Flavor = "staging" }, "--flavor"},
-		{"bad-name", func(o *Options) { o.DistName = "a/b" }, "--dist-name"},
-		{"bad-extra", func(o *Options) { o.GCPCmdlineExtra = []string{"a b"} }, "--gcp-cmdline-extra"},
-		{"base-has-rootfs-hash", func(o *Options) { o.CmdlineBase = "console=ttyS0 dstack.rootfs_hash=00" }, "adds dstack.rootfs_hash itself"},
-		{"extra-has-device", func(o *Options) { o.GCPCmdlineExtra = []string{"dstack.rootfs_device=/dev/sda"} }, "adds dstack.rootfs_device itself"},
-		{"out-dir-is-file", func(o *Options) { o.OutDir = in.Initrd }, "--out-dir"},
-		{"out-dir-unwritable", func(o *Options) { o.OutDir = roParent }, "--out-dir"},
-		{"out-dir-under-unwritable", func(o *Options) { o.OutDir = filepath.Join(roParent, "images") }, "--out-dir"},
+		{"missing-kernel", func(o *Options) { o.Kernel = filepath.Join(dir, "nope") }, "Kernel", fs.ErrNotExist, "nope"},
+		{"no-kernel", func(o *Options) { o.Kernel = "" }, "Kernel", ErrRequired, "Kernel is required"},
+		{"missing-initrd", func(o *Options) { o.Initrd = filepath.Join(dir, "nope") }, "Initrd", fs.ErrNotExist, "nope"},
+		{"missing-ovmf", func(o *Options) { o.OVMF = filepath.Join(dir, "nope") }, "OVMF", fs.ErrNotExist, "nope"},
+		{"stub-is-dir", func(o *Options) { o.Stub = dir }, "Stub", ErrNotRegular, dir},
+		{"empty-initrd", func(o *Options) { o.Initrd = empty }, "Initrd", ErrEmptyFile, empty},
+		{"rootfs-not-squashfs", func(o *Options) { o.Rootfs = notSq }, "Rootfs", sqfs.ErrInvalid, "not a squashfs"},
+		{"stub-not-pe", func(o *Options) { o.Stub = notPE }, "Stub", nil, notPE + ": not a PE image"},
+		{"kernel-not-pe", func(o *Options) { o.Kernel = notPE }, "Kernel", nil, "not an EFI-stub kernel"},
+		{"kernel-truncated", func(o *Options) { o.Kernel = truncK }, "Kernel", nil, "truncated-bzImage: PE section"},
+		{"bad-flavor", func(o *Options) { o.Flavor = "staging" }, "Flavor", nil, `"staging": want prod or dev`},
+		{"bad-name", func(o *Options) { o.DistName = "a/b" }, "DistName", nil, `"a/b"`},
+		{"bad-version", func(o *Options) { o.Version = "" }, "Version", nil, "no slash, not empty"},
+		{"bad-extra", func(o *Options) { o.GCPCmdlineExtra = []string{"a b"} }, "GCPCmdlineExtra", nil, `"a b"`},
+		{"base-has-rootfs-hash", func(o *Options) { o.CmdlineBase = "console=ttyS0 dstack.rootfs_hash=00" }, "CmdlineBase", ErrReservedArg, "adds dstack.rootfs_hash itself"},
+		{"extra-has-device", func(o *Options) { o.GCPCmdlineExtra = []string{"dstack.rootfs_device=/dev/sda"} }, "GCPCmdlineExtra", ErrReservedArg, "adds dstack.rootfs_device itself"},
+		{"out-dir-is-file", func(o *Options) { o.OutDir = in.Initrd }, "OutDir", syscall.ENOTDIR, in.Initrd},
+		{"out-dir-unwritable", func(o *Options) { o.OutDir = roParent }, "OutDir", nil, roParent},
+		{"out-dir-under-unwritable", func(o *Options) { o.OutDir = filepath.Join(roParent, "images") }, "OutDir", nil, roParent},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -385,8 +397,19 @@ func TestDistBadInputs(t *testing.T) {
 			o := baseOptions(in, out)
 			tc.mod(&o)
 			_, err := Run(o)
-			if err == nil || !strings.Contains(err.Error(), tc.want) {
-				t.Fatalf("err = %v, want one mentioning %q", err, tc.want)
+			var fe *FieldError
+			if !errors.As(err, &fe) || fe.Field != tc.field {
+				t.Fatalf("err = %v, want a FieldError for %s", err, tc.field)
+			}
+			if tc.is != nil && !errors.Is(err, tc.is) {
+				t.Errorf("err = %v, want one wrapping %v", err, tc.is)
+			}
+			if !strings.Contains(err.Error(), tc.want) || !strings.HasPrefix(err.Error(), tc.field) {
+				t.Errorf("err = %v, want one starting with %s and mentioning %q", err, tc.field, tc.want)
+			}
+			fe.Label = "--x"
+			if !strings.HasPrefix(err.Error(), "--x") {
+				t.Errorf("Label not used: %v", err)
 			}
 			if strings.Contains(err.Error(), "\n") {
 				t.Errorf("multi-line error %q", err)
@@ -440,7 +463,7 @@ func TestRootfsArgs(t *testing.T) {
 	}
 	for _, tc := range cases {
 		_, size, err := RootfsArgs(tc.cmd)
-		if (err == nil) != tc.ok || size != tc.size {
+		if (err == nil) != tc.ok || size != tc.size || (err != nil && !errors.Is(err, ErrMalformed)) {
 			t.Errorf("RootfsArgs(%q) = %d, %v", tc.cmd, size, err)
 		}
 	}

@@ -5,11 +5,13 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"strings"
 	"unicode/utf8"
 
+	"github.com/Dstack-TEE/meta-dstack/internal/errkind"
 	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/measure"
 )
 
@@ -64,6 +66,10 @@ var metadataKeys = map[string]bool{
 	"version": false, "git_revision": false, "shared_ro": true, "is_dev": true, "ovmf_variant": false,
 }
 
+// ErrMalformed is wrapped by every error of ParseMetadata, ParseSHA256Sum
+// and RootfsArgs: the text breaks the format dist writes.
+var ErrMalformed = errors.New("not in the format dist writes")
+
 // ParseMetadata reads metadata.json strictly, so that every JSON reader sees
 // the same thing: valid UTF-8, one object, each key exactly as dist writes it
 // (encoding/json's case-insensitive matching does not apply), none twice,
@@ -72,7 +78,7 @@ var metadataKeys = map[string]bool{
 // rootfs) plain names inside the directory.
 func ParseMetadata(b []byte) (*Metadata, error) {
 	bad := func(format string, a ...any) error {
-		return fmt.Errorf("%s: %s", MetadataName, fmt.Sprintf(format, a...))
+		return errkind.Errorf(ErrMalformed, "%s: %s", MetadataName, fmt.Sprintf(format, a...))
 	}
 	if !utf8.Valid(b) {
 		return nil, bad("not valid UTF-8")
@@ -178,27 +184,27 @@ func SHA256SumText(entries []SumEntry) []byte {
 // backslash-escaped names are refused), no name twice.
 func ParseSHA256Sum(b []byte) ([]SumEntry, error) {
 	if len(b) == 0 || b[len(b)-1] != '\n' {
-		return nil, fmt.Errorf("%s: empty or not ending in a newline", SumName)
+		return nil, errkind.Errorf(ErrMalformed, "%s: empty or not ending in a newline", SumName)
 	}
 	if !utf8.Valid(b) {
-		return nil, fmt.Errorf("%s: not valid UTF-8", SumName)
+		return nil, errkind.Errorf(ErrMalformed, "%s: not valid UTF-8", SumName)
 	}
 	var out []SumEntry
 	seen := map[string]bool{}
 	for i, line := range strings.Split(string(b[:len(b)-1]), "\n") {
 		h, name, ok := strings.Cut(line, " ")
 		if !ok || len(h) != 64 || (!strings.HasPrefix(name, " ") && !strings.HasPrefix(name, "*")) {
-			return nil, fmt.Errorf("%s line %d: %q is not \"HASH  NAME\"", SumName, i+1, line)
+			return nil, errkind.Errorf(ErrMalformed, "%s line %d: %q is not \"HASH  NAME\"", SumName, i+1, line)
 		}
 		if _, err := hex.DecodeString(h); err != nil {
-			return nil, fmt.Errorf("%s line %d: %q is not a sha256", SumName, i+1, h)
+			return nil, errkind.Errorf(ErrMalformed, "%s line %d: %q is not a sha256", SumName, i+1, h)
 		}
 		name = name[1:]
 		if err := PlainName(name); err != nil {
-			return nil, fmt.Errorf("%s line %d: %v", SumName, i+1, err)
+			return nil, errkind.Errorf(ErrMalformed, "%s line %d: %v", SumName, i+1, err)
 		}
 		if seen[name] {
-			return nil, fmt.Errorf("%s line %d: %s listed twice", SumName, i+1, name)
+			return nil, errkind.Errorf(ErrMalformed, "%s line %d: %s listed twice", SumName, i+1, name)
 		}
 		seen[name] = true
 		out = append(out, SumEntry{SHA256: strings.ToLower(h), Name: name})
@@ -226,13 +232,13 @@ func RootfsArgs(cmdline string) (hash string, size int64, err error) {
 		}
 	}
 	if len(hashes) != 1 || len(sizes) != 1 {
-		return "", 0, fmt.Errorf("command line has %d dstack.rootfs_hash and %d dstack.rootfs_size arguments, want one each", len(hashes), len(sizes))
+		return "", 0, errkind.Errorf(ErrMalformed, "command line has %d dstack.rootfs_hash and %d dstack.rootfs_size arguments, want one each", len(hashes), len(sizes))
 	}
 	if b, err := hex.DecodeString(hashes[0]); err != nil || len(b) != sha256.Size {
-		return "", 0, fmt.Errorf("dstack.rootfs_hash=%q is not 64 hex digits", hashes[0])
+		return "", 0, errkind.Errorf(ErrMalformed, "dstack.rootfs_hash=%q is not 64 hex digits", hashes[0])
 	}
 	if _, err := fmt.Sscanf(sizes[0], "%d", &size); err != nil || size <= 0 || fmt.Sprint(size) != sizes[0] {
-		return "", 0, fmt.Errorf("dstack.rootfs_size=%q is not a positive byte count", sizes[0])
+		return "", 0, errkind.Errorf(ErrMalformed, "dstack.rootfs_size=%q is not a positive byte count", sizes[0])
 	}
 	return strings.ToLower(hashes[0]), size, nil
 }

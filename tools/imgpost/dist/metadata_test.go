@@ -1,6 +1,7 @@
 package dist
 
 import (
+	"errors"
 	"strings"
 	"testing"
 )
@@ -54,13 +55,13 @@ func TestParseMetadataStrict(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			_, err := ParseMetadata([]byte(c.text))
-			if err == nil || !strings.Contains(err.Error(), c.want) || !strings.HasPrefix(err.Error(), "metadata.json: ") {
+			if !errors.Is(err, ErrMalformed) || !strings.Contains(err.Error(), c.want) || !strings.HasPrefix(err.Error(), "metadata.json: ") {
 				t.Fatalf("error %v, want %q", err, c.want)
 			}
 		})
 	}
 	// Missing keys.
-	if _, err := ParseMetadata([]byte(`{"bios": ""}`)); err == nil || !strings.Contains(err.Error(), `key "kernel" missing`) {
+	if _, err := ParseMetadata([]byte(`{"bios": ""}`)); !errors.Is(err, ErrMalformed) || !strings.Contains(err.Error(), `key "kernel" missing`) {
 		t.Fatalf("missing keys: %v", err)
 	}
 }
@@ -85,7 +86,7 @@ func TestParseSHA256SumStrict(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			_, err := ParseSHA256Sum([]byte(c.text))
-			if err == nil || !strings.Contains(err.Error(), c.want) || !strings.HasPrefix(err.Error(), SumName) {
+			if !errors.Is(err, ErrMalformed) || !strings.Contains(err.Error(), c.want) || !strings.HasPrefix(err.Error(), SumName) {
 				t.Fatalf("error %v, want %q", err, c.want)
 			}
 		})

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/Dstack-TEE/meta-dstack/internal/atomicfile"
 	"github.com/Dstack-TEE/meta-dstack/internal/testutil"
 )
 
@@ -28,16 +29,17 @@ func TestPublishFailureRestores(t *testing.T) {
 	before := tree(t, out)
 	o.GitRevision = "another" // the new run's outputs differ
 	defer func() { rename = os.Rename }()
+	injected := errors.New("injected rename failure")
 	for fail := 1; fail <= 6; fail++ { // 3 outputs: aside + in for each
 		n := 0
 		rename = func(a, b string) error {
 			if n++; n == fail {
-				return errors.New("injected rename failure")
+				return injected
 			}
 			return os.Rename(a, b)
 		}
 		_, err := Run(o)
-		if err == nil || !strings.Contains(err.Error(), "injected") {
+		if !errors.Is(err, injected) {
 			t.Fatalf("rename %d: error %v", fail, err)
 		}
 		if after := tree(t, out); !reflect.DeepEqual(after, before) {
@@ -67,13 +69,13 @@ func TestDistRefusesInputInOutput(t *testing.T) {
 	}
 	o2 := o
 	o2.Kernel = filepath.Join(out, "dstack-0.5.0", KernelName) // the previous run's copy
-	if _, err := Run(o2); err == nil || !strings.Contains(err.Error(), "inside the output directory") {
+	if _, err := Run(o2); !errors.Is(err, atomicfile.ErrIsInput) || !strings.Contains(err.Error(), "inside the output directory") {
 		t.Fatalf("kernel from the output directory: %v", err)
 	}
 	o3 := o
 	o3.Initrd = filepath.Join(out, "dstack-0.5.0.tar.gz")
 	os.WriteFile(o3.Initrd, []byte("x"), 0o644)
-	if _, err := Run(o3); err == nil || !strings.Contains(err.Error(), "is the input") {
+	if _, err := Run(o3); !errors.Is(err, atomicfile.ErrIsInput) || !strings.Contains(err.Error(), "is the input") {
 		t.Fatalf("initrd named like the tarball: %v", err)
 	}
 }

@@ -19,8 +19,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/Dstack-TEE/meta-dstack/internal/atomicfile"
 	"github.com/Dstack-TEE/meta-dstack/internal/epoch"
-	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/atomicfile"
 )
 
 // Region is one data (non-hole) range of the input file.

@@ -6,6 +6,7 @@ import (
 	"compress/gzip"
 	"crypto/sha256"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"hash/crc32"
 	"io"
@@ -18,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/Dstack-TEE/meta-dstack/internal/epoch"
 	"github.com/Dstack-TEE/meta-dstack/internal/testutil"
 )
 
@@ -410,7 +412,7 @@ func TestBadInput(t *testing.T) {
 	t.Setenv("SOURCE_DATE_EPOCH", "yesterday")
 	p := filepath.Join(t.TempDir(), "d.raw")
 	sparseFile(t, p, 1<<20, []int64{0}, 10)
-	if _, err := WriteFile(out, p, Options{}); err == nil || !strings.Contains(err.Error(), "SOURCE_DATE_EPOCH") {
+	if _, err := WriteFile(out, p, Options{}); !errors.Is(err, epoch.ErrMalformed) || !strings.Contains(err.Error(), "SOURCE_DATE_EPOCH") {
 		t.Errorf("bad SOURCE_DATE_EPOCH: %v", err)
 	}
 	if _, err := os.Stat(out); err == nil {

@@ -498,6 +498,10 @@ func Check(dir string) error {
 	return s.Check(dir)
 }
 
+// ErrDiffers is wrapped by Check's error for a measurement file that is not
+// the recomputed one.
+var ErrDiffers = errors.New("differs from the measurements recomputed from the image")
+
 // Check compares the files of s with those in dir; it reports the first
 // file that is missing or differs.
 func (s Set) Check(dir string) error {
@@ -508,7 +512,7 @@ func (s Set) Check(dir string) error {
 			return err
 		}
 		if !bytes.Equal(got, f.Data) {
-			return fmt.Errorf("%s: differs from the measurements recomputed from the image", p)
+			return fmt.Errorf("%s: %w", p, ErrDiffers)
 		}
 	}
 	return nil

@@ -155,7 +155,8 @@ func TestHostileTestdata(t *testing.T) {
 	if got, err := os.ReadFile(p); err != nil || !bytes.Equal(got, b) {
 		t.Fatalf("%s is not what the generator makes (%v); regenerate with IMGPOST_WRITE_TESTDATA=1", p, err)
 	}
-	if _, err := NewFile(bytes.NewReader(b), int64(len(b)), "x"); err == nil || !strings.Contains(err.Error(), "SizeOfOptionalHeader") {
+	var pe *Error
+	if _, err := NewFile(bytes.NewReader(b), int64(len(b)), "x"); !errors.As(err, &pe) || pe.Field != "SizeOfOptionalHeader" {
 		t.Fatalf("error %v", err)
 	}
 }

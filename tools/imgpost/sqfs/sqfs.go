@@ -13,6 +13,8 @@ import (
 	"strings"
 
 	"github.com/CalebQ42/squashfs"
+
+	"github.com/Dstack-TEE/meta-dstack/internal/errkind"
 )
 
 // Magic is the squashfs superblock magic ("hsqs" little-endian).
@@ -41,6 +43,11 @@ func oneLine(err error) string { return strings.ReplaceAll(err.Error(), "\n", ":
 
 var compressors = map[uint16]string{1: "gzip", 2: "lzma", 3: "lzo", 4: "xz", 5: "lz4", 6: "zstd"}
 
+// ErrInvalid is wrapped by every error for content that is not a readable
+// squashfs (empty, truncated, another format, an unsupported version,
+// corrupt metadata), as against an input that cannot be read at all.
+var ErrInvalid = errors.New("not a readable squashfs")
+
 // Check opens path and checks that it holds a readable squashfs. Errors name
 // the file and say what is wrong (empty, truncated, not a squashfs, root
 // directory unreadable).
@@ -68,7 +75,7 @@ func Check(path string) (*Info, error) {
 // squashfs. Errors do not name the file; callers add it.
 func CheckReaderAt(r io.ReaderAt, size int64) (info *Info, err error) {
 	if size == 0 {
-		return nil, errors.New("empty file, not a squashfs image")
+		return nil, errkind.Errorf(ErrInvalid, "empty file, not a squashfs image")
 	}
 	le := binary.LittleEndian
 	var sb [superblockSize]byte
@@ -76,38 +83,38 @@ func CheckReaderAt(r io.ReaderAt, size int64) (info *Info, err error) {
 		return nil, fmt.Errorf("read squashfs superblock: %w", err)
 	}
 	if m := le.Uint32(sb[0:]); size < 4 || m != Magic {
-		return nil, fmt.Errorf("not a squashfs image (magic %#08x, want %#08x \"hsqs\")", m, Magic)
+		return nil, errkind.Errorf(ErrInvalid, "not a squashfs image (magic %#08x, want %#08x \"hsqs\")", m, Magic)
 	}
 	if size < superblockSize {
-		return nil, fmt.Errorf("truncated: %d bytes, shorter than a squashfs superblock (%d bytes)", size, superblockSize)
+		return nil, errkind.Errorf(ErrInvalid, "truncated: %d bytes, shorter than a squashfs superblock (%d bytes)", size, superblockSize)
 	}
 	if maj, mnr := le.Uint16(sb[28:]), le.Uint16(sb[30:]); maj != 4 || mnr != 0 {
-		return nil, fmt.Errorf("unsupported squashfs version %d.%d (want 4.0)", maj, mnr)
+		return nil, errkind.Errorf(ErrInvalid, "unsupported squashfs version %d.%d (want 4.0)", maj, mnr)
 	}
 	used := le.Uint64(sb[40:])
 	if used < superblockSize || used > uint64(size) {
 		if used > uint64(size) {
-			return nil, fmt.Errorf("truncated squashfs: superblock records %d bytes, file has %d", used, size)
+			return nil, errkind.Errorf(ErrInvalid, "truncated squashfs: superblock records %d bytes, file has %d", used, size)
 		}
-		return nil, fmt.Errorf("corrupt squashfs superblock: bytes_used %d", used)
+		return nil, errkind.Errorf(ErrInvalid, "corrupt squashfs superblock: bytes_used %d", used)
 	}
 	comp, ok := compressors[le.Uint16(sb[20:])]
 	if !ok {
-		return nil, fmt.Errorf("corrupt squashfs superblock: unknown compression id %d", le.Uint16(sb[20:]))
+		return nil, errkind.Errorf(ErrInvalid, "corrupt squashfs superblock: unknown compression id %d", le.Uint16(sb[20:]))
 	}
 	// The library may panic on malformed metadata; turn that into an error.
 	defer func() {
 		if p := recover(); p != nil {
-			info, err = nil, fmt.Errorf("corrupt squashfs: reading the root directory failed: %v", p)
+			info, err = nil, errkind.Errorf(ErrInvalid, "corrupt squashfs: reading the root directory failed: %v", p)
 		}
 	}()
 	rd, err := squashfs.NewReader(io.NewSectionReader(r, 0, size))
 	if err != nil {
-		return nil, fmt.Errorf("corrupt squashfs: %s", oneLine(err))
+		return nil, errkind.Errorf(ErrInvalid, "corrupt squashfs: %s", oneLine(err))
 	}
 	ents, err := rd.ReadDir(".")
 	if err != nil {
-		return nil, fmt.Errorf("corrupt squashfs: root directory unreadable: %s", oneLine(err))
+		return nil, errkind.Errorf(ErrInvalid, "corrupt squashfs: root directory unreadable: %s", oneLine(err))
 	}
 	return &Info{
 		BytesUsed:   int64(used),

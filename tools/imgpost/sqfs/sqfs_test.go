@@ -2,6 +2,8 @@ package sqfs
 
 import (
 	"encoding/binary"
+	"errors"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -79,8 +81,8 @@ func TestCheck(t *testing.T) {
 			if err == nil {
 				t.Fatalf("Check accepted a bad image (%s)", tc.name)
 			}
-			if !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), tc.path) {
-				t.Fatalf("Check: %v; want an error naming the file and saying %q", err, tc.want)
+			if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), tc.path) {
+				t.Fatalf("Check: %v; want ErrInvalid, naming the file and saying %q", err, tc.want)
 			}
 			if strings.Contains(err.Error(), "\n") {
 				t.Errorf("multi-line error: %q", err)
@@ -90,7 +92,7 @@ func TestCheck(t *testing.T) {
 			}
 		})
 	}
-	if _, err := Check(filepath.Join(dir, "missing")); err == nil || !strings.Contains(err.Error(), "no such file") {
+	if _, err := Check(filepath.Join(dir, "missing")); !errors.Is(err, fs.ErrNotExist) || errors.Is(err, ErrInvalid) {
 		t.Errorf("missing file: %v", err)
 	}
 	if _, err := Check(dir); err == nil || !strings.Contains(err.Error(), "not a regular file") {

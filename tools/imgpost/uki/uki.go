@@ -42,7 +42,7 @@ import (
 	"os"
 	"strings"
 
-	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/atomicfile"
+	"github.com/Dstack-TEE/meta-dstack/internal/atomicfile"
 	imgpe "github.com/Dstack-TEE/meta-dstack/tools/imgpost/pe"
 )
 

@@ -312,7 +312,7 @@ func TestVerifyCmdlineOptions(t *testing.T) {
 		if _, err := VerifyWith(p, Options{CmdlineBase: base, CmdlineExtra: extra}); err != nil {
 			t.Errorf("%s with the same options: %v", p, err)
 		}
-		if _, err := Verify(p); err == nil || !strings.Contains(err.Error(), "not the command line dist writes") {
+		if _, err := Verify(p); !errors.Is(err, ErrMismatch) || !strings.Contains(err.Error(), "not the command line dist writes") {
 			t.Errorf("%s with the default options: %v", p, err)
 		}
 	}

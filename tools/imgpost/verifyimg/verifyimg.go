@@ -30,6 +30,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/Dstack-TEE/meta-dstack/internal/errkind"
 	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/authenticode"
 	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/disk"
 	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/dist"
@@ -41,6 +42,18 @@ import (
 
 	_ "crypto/sha256" // crypto.SHA256 for authenticode
 )
+
+// ErrMismatch is wrapped by every error for an image that is readable and
+// shaped as a dstack image but does not match what it records: the UKI's
+// command line is not dist's for the rootfs it names, the rootfs does not
+// verify against its root hash, a file does not match sha256sum.txt,
+// digest.txt or the .auth_hash.txt file, a measurement file is not the
+// recomputed one, gcp/disk.raw differs from the set. Such an image was
+// changed after dist wrote it. Other errors are an image that cannot be read
+// or is not shaped as one (disk.ErrBadGPT, disk.ErrBootPath, disk.ErrBadFAT,
+// pe.ErrFormat, sqfs.ErrInvalid, dist.ErrMalformed, gcptar.ErrArchive, a
+// missing file).
+var ErrMismatch = errors.New("the image does not match what it records")
 
 // Report lists what was checked, one line per check, for the user.
 type Report struct {
@@ -174,7 +187,7 @@ func checkDisk(d *disk.Disk, rep *Report, o Options) error {
 	}
 	part := parts[0]
 	if size > part.Size {
-		return fmt.Errorf("dstack.rootfs_size=%d is larger than partition %d (%d bytes)", size, part.Index, part.Size)
+		return errkind.Errorf(ErrMismatch, "dstack.rootfs_size=%d is larger than partition %d (%d bytes)", size, part.Index, part.Size)
 	}
 	return checkRootfs(d.PartitionReader(part), size, hash, fmt.Sprintf("partition %d %q", part.Index, part.Name), rep)
 }
@@ -207,7 +220,7 @@ func checkUKI(pf *pe.File, o Options, rep *Report) (string, int64, error) {
 	}
 	_, want := dist.CmdlinesFor(o.base(), hash, size, o.CmdlineExtra)
 	if err := compareCmdline(got, want); err != nil {
-		return "", 0, fmt.Errorf("%s: .cmdline is not the command line dist writes for this image: %w", pf.Name, err)
+		return "", 0, errkind.Errorf(ErrMismatch, "%s: .cmdline is not the command line dist writes for this image: %w", pf.Name, err)
 	}
 	rep.Cmdline = got
 	rep.ok("UKI: one .cmdline, exactly dist's: %s", got)
@@ -256,7 +269,12 @@ func checkRootfs(r io.ReaderAt, size int64, hash, what string, rep *Report) erro
 	}
 	vinfo, err := verity.Verify(r, size, rh)
 	if err != nil {
-		return fmt.Errorf("rootfs (%s) does not match dstack.rootfs_hash/dstack.rootfs_size: %w", what, err)
+		err = fmt.Errorf("rootfs (%s) does not match dstack.rootfs_hash/dstack.rootfs_size: %w", what, err)
+		var be *verity.BlockError
+		if errors.As(err, &be) || errors.Is(err, verity.ErrNoSuperblock) || errors.Is(err, verity.ErrBadSuperblock) {
+			err = errkind.Wrap(ErrMismatch, err)
+		}
+		return err
 	}
 	rep.ok("rootfs (%s): %d data blocks and %d hash blocks match root hash %s", what, vinfo.DataBlocks, vinfo.HashBlocks, hash)
 	si, err := sqfs.CheckReaderAt(r, size)
@@ -378,7 +396,7 @@ func checkDir(dir string, rep *Report, o Options) error {
 	}
 	for _, w := range want {
 		if !slices.Contains(listed, w) {
-			return fmt.Errorf("%s does not list %s", dist.SumName, w)
+			return errkind.Errorf(ErrMismatch, "%s does not list %s", dist.SumName, w)
 		}
 	}
 	for _, e := range sums {
@@ -391,7 +409,7 @@ func checkDir(dir string, rep *Report, o Options) error {
 			return fmt.Errorf("%s lists %s: %w", dist.SumName, e.Name, err)
 		}
 		if got != e.SHA256 {
-			return fmt.Errorf("%s: sha256 %s, but %s says %s (file changed)", e.Name, got, dist.SumName, e.SHA256)
+			return errkind.Errorf(ErrMismatch, "%s: sha256 %s, but %s says %s (file changed)", e.Name, got, dist.SumName, e.SHA256)
 		}
 	}
 	rep.ok("%s: %d files match (%s)", dist.SumName, len(sums), strings.Join(listed, ", "))
@@ -400,7 +418,7 @@ func checkDir(dir string, rep *Report, o Options) error {
 		return err
 	}
 	if want := dist.DigestText(sumText); !bytes.Equal(dg, want) {
-		return fmt.Errorf("%s is %q, but sha256 of %s is %s", dist.DigestName, strings.TrimSpace(string(dg)), dist.SumName, strings.TrimSpace(string(want)))
+		return errkind.Errorf(ErrMismatch, "%s is %q, but sha256 of %s is %s", dist.DigestName, strings.TrimSpace(string(dg)), dist.SumName, strings.TrimSpace(string(want)))
 	}
 	rep.ok("%s: %s = sha256(%s)", dist.DigestName, strings.TrimSpace(string(dg)), dist.SumName)
 
@@ -409,7 +427,7 @@ func checkDir(dir string, rep *Report, o Options) error {
 		return fmt.Errorf("%s cmdline: %w", dist.MetadataName, err)
 	}
 	if bare, _ := dist.CmdlinesFor(o.base(), hash, size, o.CmdlineExtra); md.Cmdline != bare {
-		return fmt.Errorf("%s: cmdline is not the command line dist writes for this image: %w", dist.MetadataName, compareCmdline(md.Cmdline, bare))
+		return errkind.Errorf(ErrMismatch, "%s: cmdline is not the command line dist writes for this image: %w", dist.MetadataName, compareCmdline(md.Cmdline, bare))
 	}
 	rep.RootHash, rep.RootfsSize = hash, size
 	rp, err := regular(dir, md.Rootfs)
@@ -440,7 +458,7 @@ func checkDir(dir string, rep *Report, o Options) error {
 		return err
 	}
 	if uh != hash || us != size {
-		return fmt.Errorf("%s command line has dstack.rootfs_hash=%s dstack.rootfs_size=%d, %s has %s %d", dist.UKIName, uh, us, dist.MetadataName, hash, size)
+		return errkind.Errorf(ErrMismatch, "%s command line has dstack.rootfs_hash=%s dstack.rootfs_size=%d, %s has %s %d", dist.UKIName, uh, us, dist.MetadataName, hash, size)
 	}
 	ad, err := authenticode.FileFirmwareDigest(ukiPath, crypto.SHA256)
 	if err != nil {
@@ -452,7 +470,7 @@ func checkDir(dir string, rep *Report, o Options) error {
 		return err
 	}
 	if string(rec) != adHex+"\n" {
-		return fmt.Errorf("%s: Authenticode sha256 %s, but %s says %q (UKI changed)", dist.UKIName, adHex, dist.AuthHashName, strings.TrimSpace(string(rec)))
+		return errkind.Errorf(ErrMismatch, "%s: Authenticode sha256 %s, but %s says %q (UKI changed)", dist.UKIName, adHex, dist.AuthHashName, strings.TrimSpace(string(rec)))
 	}
 	ukiSum, err := fileSHA256(ukiPath)
 	if err != nil {
@@ -474,10 +492,10 @@ func checkDir(dir string, rep *Report, o Options) error {
 			return fmt.Errorf("%s/%s: %w", dist.GCPDir, dist.DiskName, err)
 		}
 		if rep.UKISHA256 != ukiSum {
-			return fmt.Errorf("%s/%s: %s (sha256 %s) is not %s (sha256 %s)", dist.GCPDir, dist.DiskName, disk.BootPath, rep.UKISHA256, dist.UKIName, ukiSum)
+			return errkind.Errorf(ErrMismatch, "%s/%s: %s (sha256 %s) is not %s (sha256 %s)", dist.GCPDir, dist.DiskName, disk.BootPath, rep.UKISHA256, dist.UKIName, ukiSum)
 		}
 		if rep.RootHash != hash || rep.RootfsSize != size {
-			return fmt.Errorf("%s/%s: rootfs parameters differ from %s", dist.GCPDir, dist.DiskName, dist.MetadataName)
+			return errkind.Errorf(ErrMismatch, "%s/%s: rootfs parameters differ from %s", dist.GCPDir, dist.DiskName, dist.MetadataName)
 		}
 		rep.ok("%s/%s: %s is %s", dist.GCPDir, dist.DiskName, disk.BootPath, dist.UKIName)
 	} else if !errors.Is(err, os.ErrNotExist) {
@@ -518,18 +536,20 @@ func checkMeasurements(dir string, listed []string, rep *Report) error {
 			if ms.NoTDX == "" && f.Name == measure.TDXFileName {
 				why = " (the firmware has TDX metadata)"
 			}
-			return fmt.Errorf("%s does not list %s%s", dist.SumName, f.Name, why)
+			return errkind.Errorf(ErrMismatch, "%s does not list %s%s", dist.SumName, f.Name, why)
 		}
 	}
 	for _, n := range lm {
 		if !slices.Contains(want, n) {
 			if n == measure.TDXFileName {
-				return fmt.Errorf("%s lists %s, but the set has none: %s", dist.SumName, n, ms.NoTDX)
+				return errkind.Errorf(ErrMismatch, "%s lists %s, but the set has none: %s", dist.SumName, n, ms.NoTDX)
 			}
-			return fmt.Errorf("%s lists %s, but the set gives none", dist.SumName, n)
+			return errkind.Errorf(ErrMismatch, "%s lists %s, but the set gives none", dist.SumName, n)
 		}
 	}
-	if err := ms.Check(dir); err != nil {
+	if err := ms.Check(dir); errors.Is(err, measure.ErrDiffers) {
+		return errkind.Wrap(ErrMismatch, err)
+	} else if err != nil {
 		return err
 	}
 	rep.ok("measurements: %s recomputed from the set and equal", strings.Join(want, ", "))

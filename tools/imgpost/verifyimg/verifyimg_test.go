@@ -1,7 +1,9 @@
 package verifyimg
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -230,6 +232,7 @@ func TestVerifyTampered(t *testing.T) {
 			}
 		}, "data block 9 "},
 	}
+	notMismatch := map[string]error{"disk-no-bootx64": disk.ErrBootPath, "disk-gpt-byte": disk.ErrBadGPT}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			out, set := work(t)
@@ -247,6 +250,15 @@ func TestVerifyTampered(t *testing.T) {
 			if !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), filepath.Base(target)) {
 				t.Fatalf("error %q; want one naming %s and saying %q", err, filepath.Base(target), tc.want)
 			}
+			// A change to what the image records is a mismatch; a broken
+			// structure is the reader's kind of error, and no mismatch.
+			kind, ok := notMismatch[tc.name]
+			if !ok {
+				kind = ErrMismatch
+			}
+			if !errors.Is(err, kind) || (kind != ErrMismatch && errors.Is(err, ErrMismatch)) {
+				t.Errorf("error %q: want errors.Is %v (and ErrMismatch only if that is it)", err, kind)
+			}
 		})
 	}
 }
@@ -258,13 +270,18 @@ func TestVerifyNotAnImage(t *testing.T) {
 	dir := t.TempDir()
 	p := filepath.Join(dir, "junk")
 	os.WriteFile(p, []byte(strings.Repeat("junk", 1000)), 0o644)
-	if _, err := Verify(p); err == nil || !strings.Contains(err.Error(), "GPT") {
-		t.Errorf("junk file: %v", err)
-	}
-	if _, err := Verify(dir); err == nil || !strings.Contains(err.Error(), "metadata.json") {
-		t.Errorf("empty directory: %v", err)
-	}
-	if _, err := Verify(filepath.Join(dir, "missing")); err == nil {
-		t.Error("missing path: no error")
+	for _, tc := range []struct {
+		name, path string
+		is         error
+		want       string // in the message
+	}{
+		{"junk file", p, disk.ErrBadGPT, "junk: GPT"},
+		{"empty directory", dir, fs.ErrNotExist, "metadata.json"},
+		{"missing path", filepath.Join(dir, "missing"), fs.ErrNotExist, "missing"},
+	} {
+		_, err := Verify(tc.path)
+		if !errors.Is(err, tc.is) || errors.Is(err, ErrMismatch) || !strings.Contains(fmt.Sprint(err), tc.want) {
+			t.Errorf("%s: %v, want errors.Is %v, no ErrMismatch, and %q", tc.name, err, tc.is, tc.want)
+		}
 	}
 }

@@ -11,6 +11,17 @@ import (
 	"sync"
 )
 
+// What is wrong with a verity image, for errors.Is (a *BlockError, for
+// errors.As, is a block that does not match its hash). A short read wraps
+// io.ErrUnexpectedEOF.
+var (
+	// ErrNoSuperblock: no verity superblock where the hash area should start
+	// (a wrong hash offset, or not a verity image).
+	ErrNoSuperblock = errors.New("no verity superblock")
+	// ErrBadSuperblock: a superblock that is not what Format writes.
+	ErrBadSuperblock = errors.New("unsupported verity superblock")
+)
+
 // ReadSuperblock reads and checks the superblock at hashOffset in r. It
 // accepts only what Format writes: version 1, hash type 1, sha256, 4096-byte
 // blocks, and a data size equal to hashOffset. The returned Info has no root hash.
@@ -20,36 +31,36 @@ func ReadSuperblock(r io.ReaderAt, hashOffset int64) (*Info, error) {
 	}
 	sb := make([]byte, SuperblockSize)
 	if n, err := r.ReadAt(sb, hashOffset); n != len(sb) {
-		return nil, fmt.Errorf("read verity superblock at offset %d: %v", hashOffset, errOr(err, io.ErrUnexpectedEOF))
+		return nil, fmt.Errorf("read verity superblock at offset %d: %w", hashOffset, errOr(err, io.ErrUnexpectedEOF))
 	}
 	le := binary.LittleEndian
 	if !bytes.Equal(sb[0:8], []byte("verity\x00\x00")) {
-		return nil, fmt.Errorf("no verity superblock at offset %d (signature %q)", hashOffset, bytes.TrimRight(sb[0:8], "\x00"))
+		return nil, fmt.Errorf("%w at offset %d (signature %q)", ErrNoSuperblock, hashOffset, bytes.TrimRight(sb[0:8], "\x00"))
 	}
 	if v := le.Uint32(sb[8:]); v != 1 {
-		return nil, fmt.Errorf("verity superblock at offset %d: version %d, want 1", hashOffset, v)
+		return nil, fmt.Errorf("%w at offset %d: version %d, want 1", ErrBadSuperblock, hashOffset, v)
 	}
 	if t := le.Uint32(sb[12:]); t != HashType {
-		return nil, fmt.Errorf("verity superblock at offset %d: hash type %d, want %d", hashOffset, t, HashType)
+		return nil, fmt.Errorf("%w at offset %d: hash type %d, want %d", ErrBadSuperblock, hashOffset, t, HashType)
 	}
 	if alg := string(bytes.TrimRight(sb[32:64], "\x00")); alg != Algorithm {
-		return nil, fmt.Errorf("verity superblock at offset %d: algorithm %q, want %q", hashOffset, alg, Algorithm)
+		return nil, fmt.Errorf("%w at offset %d: algorithm %q, want %q", ErrBadSuperblock, hashOffset, alg, Algorithm)
 	}
 	if d, h := le.Uint32(sb[64:]), le.Uint32(sb[68:]); d != BlockSize || h != BlockSize {
-		return nil, fmt.Errorf("verity superblock at offset %d: block sizes %d/%d, want %d/%d", hashOffset, d, h, BlockSize, BlockSize)
+		return nil, fmt.Errorf("%w at offset %d: block sizes %d/%d, want %d/%d", ErrBadSuperblock, hashOffset, d, h, BlockSize, BlockSize)
 	}
 	info := &Info{DataBlocks: le.Uint64(sb[72:])}
 	if info.DataBlocks != uint64(hashOffset/BlockSize) { // compared as block counts: no overflow
-		return nil, fmt.Errorf("verity superblock at offset %d: %d data blocks, but the hash offset says %d",
+		return nil, fmt.Errorf("%w at offset %d: %d data blocks, but the hash offset says %d", ErrBadSuperblock,
 			hashOffset, le.Uint64(sb[72:]), hashOffset/BlockSize)
 	}
 	if info.DataSize() != hashOffset {
-		return nil, fmt.Errorf("verity superblock at offset %d: %d data blocks (%d bytes), but the hash offset says %d bytes",
+		return nil, fmt.Errorf("%w at offset %d: %d data blocks (%d bytes), but the hash offset says %d bytes", ErrBadSuperblock,
 			hashOffset, info.DataBlocks, info.DataSize(), hashOffset)
 	}
 	ss := int(le.Uint16(sb[80:]))
 	if ss > MaxSaltSize {
-		return nil, fmt.Errorf("verity superblock at offset %d: salt size %d > %d", hashOffset, ss, MaxSaltSize)
+		return nil, fmt.Errorf("%w at offset %d: salt size %d > %d", ErrBadSuperblock, hashOffset, ss, MaxSaltSize)
 	}
 	copy(info.UUID[:], sb[16:32])
 	info.Salt = bytes.Clone(sb[88 : 88+ss])
@@ -143,14 +154,14 @@ func Verify(r io.ReaderAt, hashOffset int64, rootHash []byte) (*Info, error) {
 	for lvl := 1; lvl < g.levels; lvl++ {
 		stored[lvl] = make([]byte, g.blocks[lvl]*BlockSize)
 		if n, err := r.ReadAt(stored[lvl], levelOff(lvl)); n != len(stored[lvl]) {
-			return nil, fmt.Errorf("read hash tree level %d at offset %d: %v (file too short?)", lvl, levelOff(lvl), errOr(err, io.ErrUnexpectedEOF))
+			return nil, fmt.Errorf("read hash tree level %d at offset %d: %w (file too short?)", lvl, levelOff(lvl), errOr(err, io.ErrUnexpectedEOF))
 		}
 	}
 	if g.levels == 0 {
 		// One data block: its digest is the root hash.
 		blk := make([]byte, BlockSize)
 		if n, err := r.ReadAt(blk, 0); n != BlockSize {
-			return nil, fmt.Errorf("read data block 0: %v", errOr(err, io.ErrUnexpectedEOF))
+			return nil, fmt.Errorf("read data block 0: %w", errOr(err, io.ErrUnexpectedEOF))
 		}
 		h.sum(sum[:], blk)
 		if !bytes.Equal(sum[:], rootHash) {
@@ -212,7 +223,7 @@ func Verify(r io.ReaderAt, hashOffset int64, rootHash []byte) (*Info, error) {
 		j0 := first / HashesPerBlock
 		l0 := scr[w].l0[:nl0*BlockSize]
 		if n, err := r.ReadAt(l0, l0Off+int64(j0)*BlockSize); n != len(l0) {
-			return fmt.Errorf("read hash tree level 0 at offset %d: %v (file too short?)", l0Off+int64(j0)*BlockSize, errOr(err, io.ErrUnexpectedEOF))
+			return fmt.Errorf("read hash tree level 0 at offset %d: %w (file too short?)", l0Off+int64(j0)*BlockSize, errOr(err, io.ErrUnexpectedEOF))
 		}
 		for j := uint64(0); j < nl0; j++ {
 			blk := l0[j*BlockSize : (j+1)*BlockSize]
@@ -240,7 +251,7 @@ func Verify(r io.ReaderAt, hashOffset int64, rootHash []byte) (*Info, error) {
 		data := scr[w].data[:nb*BlockSize]
 		off := int64(first) * BlockSize
 		if n, err := r.ReadAt(data, off); n != len(data) {
-			return fmt.Errorf("read data at offset %d: %v", off, errOr(err, io.ErrUnexpectedEOF))
+			return fmt.Errorf("read data at offset %d: %w", off, errOr(err, io.ErrUnexpectedEOF))
 		}
 		sums := scr[w].sums[:nb*DigestSize]
 		h.sumBlocks(sums, data)

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -403,17 +404,29 @@ func TestVerifyRejects(t *testing.T) {
 	}
 	wrong := bytes.Clone(info.RootHash[:])
 	wrong[0] ^= 1
-	if _, err := VerifyFile(out, -1, wrong); err == nil || !strings.Contains(err.Error(), "root hash mismatch") {
-		t.Errorf("wrong root hash: %v", err)
-	}
-	if _, err := VerifyFile(out, info.DataSize()-BlockSize, info.RootHash[:]); err == nil || !strings.Contains(err.Error(), "no verity superblock") {
-		t.Errorf("wrong hash offset: %v", err)
-	}
 	b, _ := os.ReadFile(out)
 	short := filepath.Join(dir, "short")
 	os.WriteFile(short, b[:len(b)-BlockSize], 0o644)
-	if _, err := VerifyFile(short, info.DataSize(), info.RootHash[:]); err == nil || !strings.Contains(err.Error(), "file too short") {
-		t.Errorf("truncated: %v", err)
+	for _, tc := range []struct {
+		name   string
+		path   string
+		offset int64
+		root   []byte
+		is     error  // errors.Is; nil: a *BlockError of area root
+		want   string // in the message
+	}{
+		{"wrong root hash", out, -1, wrong, nil, "root hash mismatch"},
+		{"wrong hash offset", out, info.DataSize() - BlockSize, info.RootHash[:], ErrNoSuperblock, "no verity superblock at offset"},
+		{"truncated", short, info.DataSize(), info.RootHash[:], io.ErrUnexpectedEOF, "file too short"},
+	} {
+		_, err := VerifyFile(tc.path, tc.offset, tc.root)
+		var be *BlockError
+		if tc.is == nil && (!errors.As(err, &be) || be.Area != "root") || tc.is != nil && !errors.Is(err, tc.is) {
+			t.Errorf("%s: %v, want %v", tc.name, err, tc.is)
+		}
+		if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), tc.path) {
+			t.Errorf("%s: %v, want a message naming %s and saying %q", tc.name, err, tc.path, tc.want)
+		}
 	}
 	if _, err := VerifyFile(short, -1, info.RootHash[:]); err == nil {
 		t.Errorf("truncated, offset from size: no error")
@@ -609,7 +622,7 @@ func TestVerifyHostileSuperblock(t *testing.T) {
 	if _, err := f.WriteAt(b[:], info.DataSize()+72); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Verify(f, info.DataSize(), info.RootHash[:]); err == nil || !strings.Contains(err.Error(), "data blocks") {
+	if _, err := Verify(f, info.DataSize(), info.RootHash[:]); !errors.Is(err, ErrBadSuperblock) || !strings.Contains(err.Error(), "data blocks") {
 		t.Fatalf("hostile data block count: %v", err)
 	}
 }

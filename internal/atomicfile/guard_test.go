@@ -1,6 +1,7 @@
 package atomicfile
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -48,7 +49,7 @@ func TestCheckNotInput(t *testing.T) {
 	hard := filepath.Join(dir, "hard")
 	os.Link(in, hard)
 	for _, out := range []string{in, filepath.Join(dir, ".", "in"), sym, hard} {
-		if err := CheckNotInput(out, "other", in); err == nil || !strings.Contains(err.Error(), "is the input") {
+		if err := CheckNotInput(out, "other", in); !errors.Is(err, ErrIsInput) || !strings.Contains(err.Error(), "is the input "+in) {
 			t.Errorf("%s: %v", out, err)
 		}
 	}

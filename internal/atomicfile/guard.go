@@ -1,6 +1,7 @@
 package atomicfile
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"os/signal"
@@ -103,6 +104,10 @@ func CleanupOnSignal() {
 	})
 }
 
+// ErrIsInput is wrapped by CheckNotInput's error (and by callers that refuse
+// an output for the same reason).
+var ErrIsInput = errors.New("refusing to overwrite it")
+
 // CheckNotInput refuses an output path that is, or links to (symbolic or
 // hard link), one of the inputs: writing it would destroy the input. The
 // error names both.
@@ -117,13 +122,13 @@ func CheckNotInput(out string, inputs ...string) error {
 			continue
 		}
 		if iabs, _ := filepath.Abs(in); iabs == oabs && oabs != "" {
-			return fmt.Errorf("output %s is the input %s: refusing to overwrite it", out, in)
+			return fmt.Errorf("output %s is the input %s: %w", out, in, ErrIsInput)
 		}
 		if oerr != nil {
 			continue
 		}
 		if ist, err := os.Stat(in); err == nil && os.SameFile(ist, ost) {
-			return fmt.Errorf("output %s is the input %s (same file through a link): refusing to overwrite it", out, in)
+			return fmt.Errorf("output %s is the input %s (same file through a link): %w", out, in, ErrIsInput)
 		}
 	}
 	return nil

@@ -1,9 +1,12 @@
 // Package atomicfile writes a file under a temporary name in its final
 // directory and renames it into place only once it is complete, so a failure
-// never leaves a half-written artifact that looks finished. Temporary names
-// are tracked (Track) so that CleanupOnSignal removes them when the process
-// is interrupted, and CheckNotInput refuses an output that is one of the
-// inputs.
+// never leaves a half-written artifact that looks finished. It is this
+// module's one writer of outputs: Create (a file to fill, WriteAt included),
+// WriteFile (bytes), Copy (another file, optionally hashed on the way), Link
+// (a hard link) and ReplaceDir (a complete directory swapped in). Temporary
+// names are tracked (Track) so that CleanupOnSignal removes them when the
+// process is interrupted, and CheckNotInput refuses an output that is one of
+// the inputs.
 package atomicfile
 
 import (
