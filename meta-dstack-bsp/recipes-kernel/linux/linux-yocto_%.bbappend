@@ -13,6 +13,11 @@ SRC_URI:append:tdx-guest = " \
     file://dstack-virtio.cfg \
     file://dstack-containers.cfg \
 "
+# BTF type information (CONFIG_DEBUG_INFO_BTF: bpftool, CO-RE BPF programs of
+# monitoring and networking containers). linux-yocto adds features/debug/debug-btf.scc
+# (with features/reproducibility/reproducibility.scc) and pahole-native before
+# do_kernel_configme when KERNEL_DEBUG is "True".
+KERNEL_DEBUG:tdx-guest = "True"
 COMPATIBLE_MACHINE:tdx-guest = "tdx-guest"
 KMACHINE:tdx-guest = "common-pc-64"
 KBRANCH:tdx-guest ?= "${KBRANCH:qemux86-64}"
