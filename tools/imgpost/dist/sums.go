@@ -45,11 +45,20 @@ type summer struct {
 	closed bool          // no more jobs
 	quit   chan struct{} // closed by stop
 	done   chan struct{} // the goroutine has returned
+
+	// plain (plainSums) hashes each complete file in a goroutine of its own
+	// with crypto/sha256, and each archive in its writer's goroutine: the
+	// baseline the scheduler above is measured against (BenchmarkDistAB).
+	plain bool
+	wg    sync.WaitGroup
 }
+
+// plainSums makes newSummer use the plain strategy (benchmarks set it).
+var plainSums = false
 
 func newSummer() *summer {
 	s := &summer{m: map[string]string{}, kick: make(chan struct{}, 1),
-		quit: make(chan struct{}), done: make(chan struct{})}
+		quit: make(chan struct{}), done: make(chan struct{}), plain: plainSums}
 	go s.run()
 	return s
 }
@@ -155,6 +164,10 @@ func (s *summer) fileCRC(name, path string) <-chan crcResult {
 }
 
 func (s *summer) fileJob(name, path string, crcOut chan crcResult) {
+	if s.plain {
+		s.plainFile(name, path, crcOut)
+		return
+	}
 	j := &sumJob{name: name, d: sha256x2.NewDigest(), crcOut: crcOut}
 	if crcOut != nil {
 		j.crc = crc32.NewIEEE()
@@ -202,9 +215,45 @@ func (j *sumJob) close(s *summer, err error) {
 func (s *summer) follow(name string, w io.Writer) *followWriter {
 	// ack is buffered: the summer never waits for a writer to take it (a
 	// writer that saw stop first never will).
+	if s.plain {
+		return &followWriter{w: w, s: s, name: name, h: sha256.New()}
+	}
 	j := &sumJob{name: name, d: sha256x2.NewDigest(), follow: true, in: make(chan []byte), ack: make(chan struct{}, 1)}
 	s.enqueue(j)
 	return &followWriter{w: w, j: j, s: s}
+}
+
+// plainFile hashes the file at path in a goroutine of its own.
+func (s *summer) plainFile(name, path string, crcOut chan crcResult) {
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		h := sha256.New()
+		var w io.Writer = h
+		var c hash.Hash32
+		if crcOut != nil {
+			c = crc32.NewIEEE()
+			w = io.MultiWriter(h, c)
+		}
+		f, err := os.Open(path)
+		if err == nil {
+			_, err = io.CopyBuffer(w, f, make([]byte, sumChunk))
+			f.Close()
+		}
+		if err != nil {
+			err = fmt.Errorf("sha256 %s: %w", name, err)
+			s.fail(err)
+		} else {
+			s.set(name, hex.EncodeToString(h.Sum(nil)))
+		}
+		if crcOut != nil {
+			if err != nil {
+				crcOut <- crcResult{err: err}
+			} else {
+				crcOut <- crcResult{crc: c.Sum32()}
+			}
+		}
+	}()
 }
 
 // followWriter is the writer side of a follow job.
@@ -213,6 +262,9 @@ type followWriter struct {
 	j    *sumJob
 	s    *summer
 	done bool
+
+	name string    // plain: the name to record the sum under
+	h    hash.Hash // plain: hashed in the writer's goroutine
 }
 
 // Write hands p to the summer, writes it, and returns once both are done:
@@ -223,6 +275,11 @@ func (fw *followWriter) Write(p []byte) (int, error) {
 	}
 	if len(p) == 0 {
 		return fw.w.Write(p)
+	}
+	if fw.h != nil {
+		n, err := fw.w.Write(p)
+		fw.h.Write(p[:n])
+		return n, err
 	}
 	select {
 	case fw.j.in <- p:
@@ -247,6 +304,12 @@ func (fw *followWriter) finish(err error) {
 		return
 	}
 	fw.done = true
+	if fw.h != nil {
+		if err == nil {
+			fw.s.set(fw.name, hex.EncodeToString(fw.h.Sum(nil)))
+		}
+		return
+	}
 	fw.j.werr = err
 	close(fw.j.in)
 }
@@ -260,6 +323,7 @@ func (s *summer) wait() error {
 	s.mu.Unlock()
 	s.wake()
 	<-s.done
+	s.wg.Wait()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return errors.Join(s.errs...)
@@ -277,6 +341,7 @@ func (s *summer) stop() {
 	close(s.quit)
 	s.mu.Unlock()
 	<-s.done
+	s.wg.Wait()
 	s.mu.Lock()
 	q := s.queue
 	s.queue = nil

@@ -164,3 +164,12 @@ func (s *Salted) sumGeneric(d, m []byte) {
 	h.Sum(d[:0])
 	hashPool.Put(h)
 }
+
+// SetAccelerated turns the two-lane code on (where the CPU has it) or off,
+// and returns the previous setting. It exists for A/B measurements of the
+// code that uses this package; it must not be called while hashing.
+func SetAccelerated(on bool) (prev bool) {
+	prev = useAsm
+	useAsm = on && haveAsm
+	return prev
+}
