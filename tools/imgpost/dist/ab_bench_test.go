@@ -27,9 +27,8 @@ var abVariants = []abVariant{
 	// sums.go: the hashing scheduler, against a goroutine per file and
 	// archives hashed in their writers.
 	{"plain-sums", func(off bool) { plainSums = off }},
-	// verity: the input hashed in place through a read-only mapping,
-	// against pread into buffers.
-	{"no-mmap", func(off bool) { verity.UseMmap = !off }},
+	// verity: the output's space reserved (fallocate) on disk file systems.
+	{"no-prealloc", func(off bool) { verity.Preallocate = !off }},
 	// sha256x2: two SHA-256 lanes at once, against crypto/sha256.
 	{"no-sha256x2", func(off bool) { sha256x2.SetAccelerated(!off) }},
 }

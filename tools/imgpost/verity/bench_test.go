@@ -19,8 +19,7 @@ func benchSquashfs(b *testing.B) string { return testutil.BenchSquashfs(b) }
 
 // sha256Floor hashes every 4096-byte block of the file on all cores with
 // crypto/sha256 (one block at a time, as veritysetup and OpenSSL do), read the
-// way Format reads it (in place through a mapping when possible, else
-// pread), and writes nothing: the least work any verity builder has to do.
+// way Format reads it (pread), and writes nothing: the least work any verity builder has to do.
 // With pairs, blocks are hashed two at a time as Format does (sha256x2).
 func sha256Floor(path string, pairs bool) error {
 	f, err := os.Open(path)
@@ -33,26 +32,17 @@ func sha256Floor(path string, pairs bool) error {
 		return err
 	}
 	size := st.Size()
-	mapped, unmap := mapFile(f, size)
-	if unmap != nil {
-		defer unmap()
-	}
 	chunks := int((size + int64(ChunkSize) - 1) / int64(ChunkSize))
 	bufs := make([][]byte, Workers())
 	h := newHasher(make([]byte, 32))
 	return parallel(chunks, func(w, k int) error {
 		off := int64(k) * int64(ChunkSize)
 		n := min(int64(ChunkSize), size-off)
-		var data []byte
-		if mapped != nil {
-			data = mapped[off : off+n]
-		} else {
-			if bufs[w] == nil {
-				bufs[w] = make([]byte, ChunkSize)
-			}
-			m, _ := f.ReadAt(bufs[w][:n], off)
-			data = bufs[w][:m]
+		if bufs[w] == nil {
+			bufs[w] = make([]byte, ChunkSize)
 		}
+		m, _ := f.ReadAt(bufs[w][:n], off)
+		data := bufs[w][:m]
 		if pairs {
 			sums := make([]byte, len(data)/BlockSize*DigestSize+DigestSize)
 			h.sumBlocks(sums, data)

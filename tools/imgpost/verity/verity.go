@@ -21,7 +21,6 @@ import (
 	"io"
 	"os"
 	"runtime"
-	"runtime/debug"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -63,10 +62,9 @@ const DefaultSaltHex = "00000000000000000000000000000000000000000000000000000000
 // chunk fills whole level-0 hash blocks.
 var ChunkSize = 1 << 20
 
-// UseMmap lets Format hash a file input in place through a read-only
-// mapping (no copy out of the page cache). A file truncated while it is being
-// read then makes Format fail with an error instead of crashing.
-var UseMmap = true
+// Preallocate lets Format reserve a file output's size in one fallocate call
+// on disk file systems (see preallocate); benchmarks turn it off to measure it.
+var Preallocate = true
 
 // Params are the choices a caller makes; everything else is fixed.
 type Params struct {
@@ -319,20 +317,10 @@ func Format(dst io.WriterAt, src io.ReaderAt, size int64, p Params) (*Info, erro
 		l0Off = treeOff + int64(g.start[0])*BlockSize
 	}
 
-	// A file input is hashed in place through a read-only mapping and
-	// written from it; a file output gets its size reserved first where that
-	// is cheap (see preallocate).
-	srcF, _ := src.(*os.File)
+	// A file output gets its size reserved first where that is cheap (see
+	// preallocate).
 	if dstF, ok := dst.(*os.File); ok {
 		preallocate(dstF, info.Size())
-	}
-	var mapped []byte
-	if srcF != nil {
-		m, unmap := mapFile(srcF, size)
-		if m != nil {
-			mapped = m
-			defer unmap()
-		}
 	}
 
 	chunkBlocks := uint64(ChunkSize / BlockSize)
@@ -349,12 +337,11 @@ func Format(dst io.WriterAt, src io.ReaderAt, size int64, p Params) (*Info, erro
 	// The workers hash; one writer goroutine writes what they hashed, so
 	// that they never wait on the output file's lock (parallel writes to
 	// one file contend for it and burn CPU). Chunks in flight are bounded:
-	// each owns a buffer (or a piece of the mapping) until it is written.
+	// each owns a buffer until it is written.
 	type done struct {
 		data, l0 []byte
 		off      int64 // of data
 		l0Off    int64
-		mapped   bool
 		buf      []byte // to recycle
 	}
 	inflight := 2*workers + 2
@@ -384,9 +371,6 @@ func Format(dst io.WriterAt, src io.ReaderAt, size int64, p Params) (*Info, erro
 					stop.Store(true)
 				}
 			}
-			if d.mapped {
-				release(d.data)
-			}
 			bufs <- d.buf
 		}
 	}()
@@ -399,50 +383,32 @@ func Format(dst io.WriterAt, src io.ReaderAt, size int64, p Params) (*Info, erro
 	if _, ok := dst.(*os.File); ok && workers > 1 {
 		hashWorkers = workers - 1
 	}
-	err := parallelN(hashWorkers, nChunks, func(w, k int) (err error) {
+	err := parallelN(hashWorkers, nChunks, func(w, k int) error {
 		if stop.Load() {
 			return errors.New("stopped")
-		}
-		if mapped != nil {
-			// A fault on the mapping (the file shrank under us) becomes an error.
-			defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
-			defer func() {
-				if r := recover(); r != nil {
-					err = fmt.Errorf("read data: input shorter than %d bytes or changed while it was read (%v)", size, r)
-				}
-			}()
 		}
 		first := uint64(k) * chunkBlocks
 		nb := min(chunkBlocks, info.DataBlocks-first)
 		off := int64(first) * BlockSize
 		want := min(int64(nb)*BlockSize, size-off)
-		inMap := mapped != nil && want == int64(nb)*BlockSize
-		// buf holds the chunk's level-0 hash blocks, then (unless the
-		// data is hashed in place) the data.
+		// buf holds the chunk's level-0 hash blocks, then the data.
 		l0Size := ChunkSize / HashesPerBlock
 		buf := <-bufs
-		if need := l0Size + ChunkSize; !inMap && len(buf) < need {
+		if need := l0Size + ChunkSize; len(buf) < need {
 			buf = make([]byte, need)
-		} else if buf == nil {
-			buf = make([]byte, l0Size)
 		}
 		l0 := buf[:l0Size]
-		var data []byte
-		if inMap {
-			data = mapped[off : off+want] // whole blocks: hash the page cache in place
-		} else {
-			data = buf[l0Size : l0Size+ChunkSize]
-			if n, err := src.ReadAt(data[:want], off); int64(n) != want {
-				bufs <- buf
-				if err == nil || err == io.EOF {
-					err = io.ErrUnexpectedEOF
-				}
-				return fmt.Errorf("read data at offset %d: %w (input shorter than %d bytes?)", off, err, size)
+		data := buf[l0Size : l0Size+ChunkSize]
+		if n, err := src.ReadAt(data[:want], off); int64(n) != want {
+			bufs <- buf
+			if err == nil || err == io.EOF {
+				err = io.ErrUnexpectedEOF
 			}
-			data = data[:nb*BlockSize]
-			clear(data[want:])
+			return fmt.Errorf("read data at offset %d: %w (input shorter than %d bytes?)", off, err, size)
 		}
-		d := done{data: data, off: off, mapped: inMap, buf: buf}
+		data = data[:nb*BlockSize]
+		clear(data[want:])
+		d := done{data: data, off: off, buf: buf}
 		if g.levels == 0 { // a single data block: its digest is the root
 			h.sum(info.RootHash[:], data)
 		} else {
