@@ -102,12 +102,6 @@ type Options struct {
 	// Progress, if set, is called as the rootfs is copied with the bytes done
 	// and the total.
 	Progress func(done, total int64)
-	// Reserved is space the caller reserved in dst (fallocate) for the
-	// rootfs partition's data. Build keeps it when it is exactly that range,
-	// which it then writes over entirely; otherwise it empties dst first as
-	// usual (reserved space left unwritten reads as zeros and seeks as a
-	// hole, but takes room on the file system).
-	Reserved Extent
 }
 
 // Extent is a byte range of the disk.
@@ -259,8 +253,7 @@ func BuildInto(dst *os.File, ukiPath, rootfsPath string, opts Options) (Layout, 
 }
 
 // Build writes the disk image into dst, which is truncated first (it must
-// be a regular file: the image is made sparse by truncation) unless it
-// holds just opts.Reserved. uki and rootfs are read from their start to
+// be a regular file: the image is made sparse by truncation). uki and rootfs are read from their start to
 // their end (Stat gives their sizes).
 func Build(dst, uki, rootfs *os.File, opts Options) (Layout, error) {
 	ust, err := uki.Stat()
@@ -288,10 +281,8 @@ func Build(dst, uki, rootfs *os.File, opts Options) (Layout, error) {
 	if err != nil {
 		return Layout{}, fmt.Errorf("%s, %s: %w", uki.Name(), rootfs.Name(), err)
 	}
-	if o.Reserved != (Extent{Offset: l.Rootfs.Offset, Size: l.RootfsData}) {
-		if err := dst.Truncate(0); err != nil {
-			return Layout{}, fmt.Errorf("truncate: %w", err)
-		}
+	if err := dst.Truncate(0); err != nil {
+		return Layout{}, fmt.Errorf("truncate: %w", err)
 	}
 	if err := dst.Truncate(l.Size); err != nil {
 		return Layout{}, fmt.Errorf("size to %d bytes: %w", l.Size, err)

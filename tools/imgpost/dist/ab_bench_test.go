@@ -22,8 +22,6 @@ type abVariant struct {
 
 var abVariants = []abVariant{
 	{"base", func(bool) {}},
-	// output.go: the big outputs' space reserved with fallocate as dist starts.
-	{"no-reserve", func(off bool) { reserveSpace = !off }},
 	// sums.go: the hashing scheduler, against a goroutine per file and
 	// archives hashed in their writers.
 	{"plain-sums", func(off bool) { plainSums = off }},

@@ -252,8 +252,7 @@ func Run(o Options) (res *Result, err error) {
 		}
 	}
 	in := func(n string) string { return filepath.Join(sdir, n) }
-	// The big outputs exist from the start, their space being reserved in
-	// the background while the first stages run (see output).
+	// The big outputs exist from the start (see outputs).
 	outs, err := newOutputs(o, stage, sdir, name)
 	if err != nil {
 		return nil, fileError("OutDir", o.OutDir, err)
@@ -618,24 +617,22 @@ func copyHashed(src, dst string) (int64, string, error) {
 
 // writeSummed writes out through fill and has s hash it under name while
 // it is written, then commits it. It returns what fill returned.
-func writeSummed(s *summer, name string, out *output, fill func(io.Writer) (int64, error)) (int64, error) {
-	fw := s.follow(name, out.file())
+func writeSummed(s *summer, name string, out *atomicfile.File, fill func(io.Writer) (int64, error)) (int64, error) {
+	fw := s.follow(name, out)
 	n, err := fill(fw)
 	if err == nil {
-		err = out.commit()
+		err = out.Commit()
 	}
 	fw.finish(err)
 	return n, err
 }
 
 // buildDisk writes disk.raw into its output from the UKI and the rootfs
-// image, keeping the space reserved for the rootfs partition (see
-// disk.Options.Reserved).
+// image.
 func buildDisk(outs *outputs, ukiPath, rootfsPath string, opts disk.Options) (disk.Layout, error) {
-	opts.Reserved = outs.diskReserved
-	l, err := disk.BuildInto(outs.disk.file().File, ukiPath, rootfsPath, opts)
+	l, err := disk.BuildInto(outs.disk.File, ukiPath, rootfsPath, opts)
 	if err != nil {
 		return disk.Layout{}, err
 	}
-	return l, outs.disk.commit()
+	return l, outs.disk.Commit()
 }
