@@ -17,6 +17,31 @@ import (
 
 func layerRoot(t *testing.T) string { return filepath.Join(testutil.RepoRoot(t), "meta-dstack") }
 
+// readStatements reads and parses one BitBake file.
+func readStatements(t *testing.T, p string) []Statement {
+	t.Helper()
+	data, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sts, err := ParseStatements(p, data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sts
+}
+
+// classFile is the image class and its bytes.
+func classFile(t *testing.T) (string, []byte) {
+	t.Helper()
+	class := filepath.Join(layerRoot(t), "classes", "dstack-image.bbclass")
+	data, err := os.ReadFile(class)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return class, data
+}
+
 // layerNames are the repository's layers: the distro layer and the machine
 // (BSP) layer beside it.
 var layerNames = []string{"meta-dstack", "meta-dstack-bsp"}
@@ -254,11 +279,7 @@ func TestLayerAppendsScoped(t *testing.T) {
 // it must read the rootfs (and everything else) from DEPLOY_DIR_IMAGE (issue
 // 18 item 2).
 func TestDistReadsDeployedRootfs(t *testing.T) {
-	class := filepath.Join(layerRoot(t), "classes", "dstack-image.bbclass")
-	data, err := os.ReadFile(class)
-	if err != nil {
-		t.Fatal(err)
-	}
+	class, data := classFile(t)
 	check := func(data []byte) []string {
 		sts, err := ParseStatements(class, data)
 		if err != nil {
@@ -490,14 +511,7 @@ func TestIsMetadata(t *testing.T) {
 func TestInitramfsBusyboxStatic(t *testing.T) {
 	v := repoValues(t)
 	app := filepath.Join(layerRoot(t), "recipes-core", "busybox", "busybox_%.bbappend")
-	data, err := os.ReadFile(app)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sts, err := ParseStatements(app, data)
-	if err != nil {
-		t.Fatal(err)
-	}
+	sts := readStatements(t, app)
 	var cfgs []string
 	for _, s := range sts {
 		if s.Var != "SRC_URI:append:"+v.Distro.Name {

@@ -226,11 +226,7 @@ func TestFirmwareRecipe(t *testing.T) {
 // TestImageDependsOnFirmware: the image class ships dstack-ovmf's ovmf.fd,
 // and no layer touches openembedded-core's ovmf any more.
 func TestImageDependsOnFirmware(t *testing.T) {
-	class := filepath.Join(layerRoot(t), "classes", "dstack-image.bbclass")
-	data, err := os.ReadFile(class)
-	if err != nil {
-		t.Fatal(err)
-	}
+	class, data := classFile(t)
 	check := func(data []byte) []string {
 		sts, err := ParseStatements(class, data)
 		if err != nil {

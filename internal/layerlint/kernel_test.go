@@ -17,16 +17,7 @@ func kernelAppend(t *testing.T) ([]Statement, string) {
 	t.Helper()
 	v := repoValues(t)
 	dir := filepath.Join(filepath.Dir(layerRoot(t)), "meta-dstack-bsp", "recipes-kernel", "linux")
-	p := filepath.Join(dir, v.Kernel.Provider+"_%.bbappend")
-	data, err := os.ReadFile(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sts, err := ParseStatements(p, data)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return sts, filepath.Join(dir, "files")
+	return readStatements(t, filepath.Join(dir, v.Kernel.Provider+"_%.bbappend")), filepath.Join(dir, "files")
 }
 
 var (
