@@ -11,7 +11,6 @@ import (
 
 	"github.com/Dstack-TEE/meta-dstack/internal/testutil"
 	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/sha256x2"
-	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/verity"
 )
 
 // abVariant is dist with one speed-up turned off.
@@ -25,8 +24,6 @@ var abVariants = []abVariant{
 	// sums.go: the hashing scheduler, against a goroutine per file and
 	// archives hashed in their writers.
 	{"plain-sums", func(off bool) { plainSums = off }},
-	// verity: the output's space reserved (fallocate) on disk file systems.
-	{"no-prealloc", func(off bool) { verity.Preallocate = !off }},
 	// sha256x2: two SHA-256 lanes at once, against crypto/sha256.
 	{"no-sha256x2", func(off bool) { sha256x2.SetAccelerated(!off) }},
 }

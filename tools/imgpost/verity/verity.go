@@ -62,10 +62,6 @@ const DefaultSaltHex = "00000000000000000000000000000000000000000000000000000000
 // chunk fills whole level-0 hash blocks.
 var ChunkSize = 1 << 20
 
-// Preallocate lets Format reserve a file output's size in one fallocate call
-// on disk file systems (see preallocate); benchmarks turn it off to measure it.
-var Preallocate = true
-
 // Params are the choices a caller makes; everything else is fixed.
 type Params struct {
 	// Salt is hashed before every block; at most MaxSaltSize bytes, may be empty.
@@ -315,12 +311,6 @@ func Format(dst io.WriterAt, src io.ReaderAt, size int64, p Params) (*Info, erro
 	var l0Off int64
 	if g.levels > 0 {
 		l0Off = treeOff + int64(g.start[0])*BlockSize
-	}
-
-	// A file output gets its size reserved first where that is cheap (see
-	// preallocate).
-	if dstF, ok := dst.(*os.File); ok {
-		preallocate(dstF, info.Size())
 	}
 
 	chunkBlocks := uint64(ChunkSize / BlockSize)

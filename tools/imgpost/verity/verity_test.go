@@ -487,8 +487,8 @@ func (m *memWriter) WriteAt(p []byte, off int64) (int, error) {
 	return copy(m.b[off:], p), nil
 }
 
-// TestFormatWritePaths checks that the file path (preallocated output) and
-// the plain writer path give the same bytes, for an unaligned size over
+// TestFormatWritePaths checks that the file path and the plain writer path
+// give the same bytes, for an unaligned size over
 // several chunks.
 func TestFormatWritePaths(t *testing.T) {
 	dir := t.TempDir()
