@@ -147,4 +147,17 @@ func TestKernelOptions(t *testing.T) {
 	if !btf {
 		t.Errorf("the kernel append does not set KERNEL_DEBUG:%s = \"True\" (BTF)", v.Machine.Name)
 	}
+	// KERNEL_DEBUG makes linux-yocto depend on pahole-native, which only
+	// meta-oe provides: the BSP layer must depend on it (yocto-check-layer's
+	// test_machine_world: "Nothing PROVIDES 'pahole-native'").
+	bsp := readStatements(t, filepath.Join(filepath.Dir(layerRoot(t)), "meta-dstack-bsp", "conf", "layer.conf"))
+	deps := ""
+	for _, s := range bsp {
+		if strings.HasPrefix(s.Var, "LAYERDEPENDS_") {
+			deps = s.Value
+		}
+	}
+	if btf && !containsWord(deps, "openembedded-layer") {
+		t.Errorf("meta-dstack-bsp's LAYERDEPENDS %q lacks openembedded-layer (pahole-native, for KERNEL_DEBUG)", deps)
+	}
 }
