@@ -223,27 +223,51 @@ func TestFirmwareRecipe(t *testing.T) {
 	}
 }
 
-// TestImageDependsOnFirmware: the image class ships dstack-ovmf's ovmf.fd,
-// and no layer touches openembedded-core's ovmf any more.
+// TestImageDependsOnFirmware: the machine (meta-dstack-bsp) makes the image
+// class ship dstack-ovmf's ovmf.fd and depend on its do_deploy; the distro
+// layer alone names no recipe of the BSP layer (yocto-check-layer tests it
+// without the BSP layer); no layer touches openembedded-core's ovmf.
 func TestImageDependsOnFirmware(t *testing.T) {
 	class, data := classFile(t)
-	check := func(data []byte) []string {
-		sts, err := ParseStatements(class, data)
-		if err != nil {
-			return []string{err.Error()}
-		}
-		vars := Vars{}
-		vars.Apply(sts)
-		var bad []string
-		if got, want := vars["DSTACK_OVMF"], "${DEPLOY_DIR_IMAGE}/"+dist.OVMFName; got != want {
-			bad = append(bad, fmt.Sprintf("DSTACK_OVMF defaults to %q, want %q (dstack-ovmf's deployed firmware)", got, want))
-		}
+	v := repoValues(t)
+	mconf := filepath.Join(filepath.Dir(layerRoot(t)), "meta-dstack-bsp", "conf", "machine", v.Machine.Name+".conf")
+	mdata, err := os.ReadFile(mconf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	depends := func(sts []Statement, vars Vars) string {
 		deps := ""
 		for _, s := range sts {
 			if s.Var == "do_dstack_dist" && s.Flag == "depends" {
 				deps += " " + vars.Expand(s.Value)
 			}
 		}
+		return deps
+	}
+	check := func(data, mdata []byte) []string {
+		sts, err := ParseStatements(class, data)
+		if err != nil {
+			return []string{err.Error()}
+		}
+		msts, err := ParseStatements(mconf, mdata)
+		if err != nil {
+			return []string{err.Error()}
+		}
+		var bad []string
+		// The class alone (the distro layer without the BSP layer).
+		alone := Vars{}
+		alone.Apply(sts)
+		if d := depends(sts, alone); strings.Contains(d, "dstack-ovmf") || alone["DSTACK_OVMF"] != "" {
+			bad = append(bad, fmt.Sprintf("without the machine, the class ships %q and depends on %q", alone["DSTACK_OVMF"], d))
+		}
+		// The machine's configuration is read before the class.
+		vars := Vars{}
+		vars.Apply(msts)
+		vars.Apply(sts)
+		if got, want := vars["DSTACK_OVMF"], "${DEPLOY_DIR_IMAGE}/"+dist.OVMFName; got != want {
+			bad = append(bad, fmt.Sprintf("DSTACK_OVMF is %q with the machine, want %q (dstack-ovmf's deployed firmware)", got, want))
+		}
+		deps := depends(sts, vars)
 		if !strings.Contains(deps, "'dstack-ovmf:do_deploy'") {
 			bad = append(bad, fmt.Sprintf("do_dstack_dist[depends] does not name dstack-ovmf:do_deploy: %q", deps))
 		}
@@ -252,23 +276,28 @@ func TestImageDependsOnFirmware(t *testing.T) {
 		}
 		return bad
 	}
-	for _, p := range check(data) {
+	for _, p := range check(data, mdata) {
 		t.Error(p)
 	}
-	for name, mutate := range map[string]func(string) string{
-		"oe-core's ovmf": func(s string) string { return strings.Replace(s, "'dstack-ovmf:do_deploy'", "'ovmf:do_deploy'", 1) },
-		"no firmware dependency": func(s string) string {
-			return strings.Replace(s, "    ${DSTACK_OVMF_DEPENDS} \\\n", "", 1)
+	for name, mutate := range map[string]func(c, m string) (string, string){
+		"oe-core's ovmf": func(c, m string) (string, string) {
+			return c, strings.Replace(m, "'dstack-ovmf:do_deploy'", "'ovmf:do_deploy'", 1)
 		},
-		"other file": func(s string) string {
-			return strings.Replace(s, `DSTACK_OVMF ?= "${DEPLOY_DIR_IMAGE}/ovmf.fd"`, `DSTACK_OVMF ?= "${DEPLOY_DIR_IMAGE}/OVMF.fd"`, 1)
+		"no firmware dependency": func(c, m string) (string, string) {
+			return strings.Replace(c, "    ${DSTACK_OVMF_DEPENDS} \\\n", "", 1), m
+		},
+		"other file": func(c, m string) (string, string) {
+			return c, strings.Replace(m, `DSTACK_OVMF ?= "${DEPLOY_DIR_IMAGE}/ovmf.fd"`, `DSTACK_OVMF ?= "${DEPLOY_DIR_IMAGE}/OVMF.fd"`, 1)
+		},
+		"the class names the BSP's recipe": func(c, m string) (string, string) {
+			return strings.Replace(c, `DSTACK_OVMF_DEPENDS ?= ""`, `DSTACK_OVMF_DEPENDS ?= "dstack-ovmf:do_deploy"`, 1), m
 		},
 	} {
-		m := mutate(string(data))
-		if m == string(data) {
+		c, m := mutate(string(data), string(mdata))
+		if c == string(data) && m == string(mdata) {
 			t.Fatalf("%s: mutation did not apply", name)
 		}
-		if len(check([]byte(m))) == 0 {
+		if len(check([]byte(c), []byte(m))) == 0 {
 			t.Errorf("%s: not caught", name)
 		}
 	}

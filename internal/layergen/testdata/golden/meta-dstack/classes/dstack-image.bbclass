@@ -16,7 +16,7 @@
 #   DSTACK_GIT_REVISION       revision recorded in metadata.json (default: none)
 #   DSTACK_CMDLINE            base kernel arguments (from the distro)
 #   DSTACK_GCP_CMDLINE_EXTRA  extra arguments baked into the GCP UKI only
-#   DSTACK_OVMF               firmware to ship and measure (default: dstack-ovmf's ovmf.fd; empty: none)
+#   DSTACK_OVMF               firmware to ship and measure (set by the machine: dstack-ovmf's ovmf.fd for meta-dstack-bsp's; empty: none)
 #   ENABLE_GCP_IMAGE          "0" skips disk.raw and the GCP tarball
 
 DSTACK_INITRAMFS_IMAGE ?= "acme-initramfs"
@@ -34,11 +34,14 @@ DSTACK_INITRD ?= "${DEPLOY_DIR_IMAGE}/${DSTACK_INITRAMFS_IMAGE}-${MACHINE}.cpio.
 # DEPLOY_DIR_IMAGE (also when it is restored from sstate), and this task runs after it.
 DSTACK_ROOTFS ?= "${DEPLOY_DIR_IMAGE}/${IMAGE_LINK_NAME}.squashfs"
 DSTACK_STUB ?= "${DEPLOY_DIR_IMAGE}/linuxx64.efi.stub"
-DSTACK_OVMF ?= "${DEPLOY_DIR_IMAGE}/ovmf.fd"
 DSTACK_DISTDIR = "${WORKDIR}/dstack-dist"
 
-# ovmf.fd comes from dstack-ovmf (meta-dstack-bsp): the TDX firmware the measurements are defined for.
-DSTACK_OVMF_DEPENDS = "${@'dstack-ovmf:do_deploy' if d.getVar('DSTACK_OVMF') else ''}"
+# The firmware to ship and measure, and the task that deploys it, come from the
+# machine: meta-dstack-bsp's MACHINE sets dstack-ovmf's ovmf.fd (the TDX firmware the
+# measurements are defined for). This layer names no recipe of the BSP layer, so it
+# parses and builds without it; with no firmware, dist ships none.
+DSTACK_OVMF ?= ""
+DSTACK_OVMF_DEPENDS ?= ""
 
 do_dstack_dist[depends] += " \
     imgpost-native:do_populate_sysroot \
