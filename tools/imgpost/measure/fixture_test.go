@@ -10,10 +10,19 @@ import (
 	"testing"
 )
 
-// fixture is testdata/dstack-0.6.0-tdx-lite.json: numbers copied from
-// dstack's verifier/fixtures/tdx-lite-getquote.json (a real TDX quote of
-// dstack-0.6.0 with 2 GiB on QEMU 8.2.2, its event log and its
-// measurement.tdx.cbor).
+// Real TDX quotes with their event logs, copied from dstack's verifier
+// fixtures (each file's "source" names where every number comes from).
+const (
+	// lite060 is verifier/fixtures/tdx-lite-getquote.json: dstack-0.6.0,
+	// 2 GiB, QEMU 8.2.2, with the image's measurement.tdx.cbor.
+	lite060 = "testdata/dstack-0.6.0-tdx-lite.json"
+	// report64G is verifier/fixtures/quote-report.json: 16 vCPUs, 64 GiB
+	// (above q35's 2.75 GiB split), QEMU 9.2.1, one GPU; no measurement
+	// files.
+	report64G = "testdata/dstack-quote-report-64g.json"
+)
+
+// fixture is one of the files above.
 type fixture struct {
 	MemorySize  uint64            `json:"memory_size"`
 	QEMUVersion string            `json:"qemu_version"`
@@ -23,9 +32,9 @@ type fixture struct {
 	EventLog    json.RawMessage   `json:"event_log"`
 }
 
-func loadFixture(t *testing.T) (fixture, *Log) {
+func loadFixture(t *testing.T, name string) (fixture, *Log) {
 	t.Helper()
-	b, err := os.ReadFile("testdata/dstack-0.6.0-tdx-lite.json")
+	b, err := os.ReadFile(name)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -59,14 +68,16 @@ func logDigests(l *Log, idx uint32) [][]byte {
 	return out
 }
 
-// The event log replays into the quote's RTMR0-3 (RTMR3 through dstack's
-// runtime-event digests, which the JSON log leaves empty).
+// Each event log replays into its quote's RTMR0-3 (RTMR3 through dstack's
+// runtime-event digests).
 func TestFixtureReplayMatchesQuote(t *testing.T) {
-	f, l := loadFixture(t)
-	got := l.Replay()
-	for i, name := range []string{"rtmr0", "rtmr1", "rtmr2", "rtmr3"} {
-		if hex.EncodeToString(got[uint32(i)]) != f.Quote[name] {
-			t.Errorf("%s: replay %x, quote %s", name, got[uint32(i)], f.Quote[name])
+	for _, name := range []string{lite060, report64G} {
+		f, l := loadFixture(t, name)
+		got := l.Replay()
+		for i, r := range []string{"rtmr0", "rtmr1", "rtmr2", "rtmr3"} {
+			if hex.EncodeToString(got[uint32(i)]) != f.Quote[r] {
+				t.Errorf("%s: %s: replay %x, quote %s", name, r, got[uint32(i)], f.Quote[r])
+			}
 		}
 	}
 }
@@ -74,7 +85,7 @@ func TestFixtureReplayMatchesQuote(t *testing.T) {
 // Each predicted event the fixture's data determine equals the logged one,
 // and the predicted registers equal the quote.
 func TestFixturePrediction(t *testing.T) {
-	f, l := loadFixture(t)
+	f, l := loadFixture(t, lite060)
 	m, err := DecodeTDXMaterial(unhex(t, f.CBOR))
 	if err != nil {
 		t.Fatal(err)
@@ -121,7 +132,7 @@ func TestFixturePrediction(t *testing.T) {
 // The TD HOB for 2 GiB built from the witness (the firmware's TD_HOB and
 // TEMP_MEM sections) is the logged first RTMR0 event.
 func TestFixtureTDHOB(t *testing.T) {
-	f, l := loadFixture(t)
+	f, l := loadFixture(t, lite060)
 	m, err := DecodeTDXMaterial(unhex(t, f.CBOR))
 	if err != nil {
 		t.Fatal(err)
@@ -147,10 +158,88 @@ func TestFixtureTDHOB(t *testing.T) {
 	}
 }
 
+// Above q35's 2.75 GiB split: the 64 GiB quote's first RTMR0 event is the TD
+// HOB built from the dstack-0.6.0 witness for 64 GiB (RAM up to 2 GiB, the
+// rest above 4 GiB). The witness applies because both quotes ran the same
+// firmware layout: their configuration firmware volume digests (the second
+// RTMR0 event) are equal.
+func TestFixtureTDHOBAboveSplit(t *testing.T) {
+	f060, l060 := loadFixture(t, lite060)
+	f, l := loadFixture(t, report64G)
+	if !bytes.Equal(l060.Events[1].Digest, l.Events[1].Digest) {
+		t.Fatalf("CFV digests differ: %x, %x", l060.Events[1].Digest, l.Events[1].Digest)
+	}
+	if f.MemorySize != 64<<30 {
+		t.Fatalf("memory %d", f.MemorySize)
+	}
+	m, err := DecodeTDXMaterial(unhex(t, f060.CBOR))
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := DecodeWitness(m.TDHOBWitness)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := w.TDHOBDigest(f.MemorySize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(d, l.Events[0].Digest) {
+		t.Errorf("TD HOB digest for 64 GiB %x, log %x", d, l.Events[0].Digest)
+	}
+}
+
+// The 64 GiB quote (QEMU 9.2.1, single-pass): every firmware event the
+// prediction fixes (secure-boot variables, separators, boot variables, the
+// EFI application and exit-boot-services strings) equals the logged one,
+// and with the TD HOB for 64 GiB, the log's CFV, ACPI, kernel, command line
+// and initrd digests, the predicted RTMR0-2 are the quote's.
+func TestFixture64GPrediction(t *testing.T) {
+	f060, _ := loadFixture(t, lite060)
+	f, l := loadFixture(t, report64G)
+	m, err := DecodeTDXMaterial(unhex(t, f060.CBOR))
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := DecodeWitness(m.TDHOBWitness)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hob, err := w.TDHOBDigest(f.MemorySize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	acpi, err := ACPIFromLog(l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r0, r1, r2 := logDigests(l, 0), logDigests(l, 1), logDigests(l, 2)
+	if len(r2) != 2 {
+		t.Fatalf("%d RTMR2 events, want 2", len(r2))
+	}
+	var events []Event
+	events = append(events, RTMR0Events(hob, r0[1], acpi)...)
+	events = append(events, RTMR1Events(r1[0])...)
+	events = append(events, Event{Index: 2, Type: EvEventTag, Digest: r2[0]}, Event{Index: 2, Type: EvEventTag, Digest: r2[1]})
+	for _, x := range Compare(events, l) {
+		t.Error(x)
+	}
+	got := RTMRs(events)
+	for i, name := range []string{"rtmr0", "rtmr1", "rtmr2"} {
+		if hex.EncodeToString(got[i]) != f.Quote[name] {
+			t.Errorf("%s: predicted %x, quote %s", name, got[i], f.Quote[name])
+		}
+	}
+	order, err := Shape{QEMUVersion: f.QEMUVersion}.PageOrder()
+	if err != nil || order != SinglePass {
+		t.Errorf("QEMU %s: order %v, %v; want single-pass", f.QEMUVersion, order, err)
+	}
+}
+
 // measurement.tdx.cbor: decoding then encoding gives the fixture's bytes,
 // and its sha256 is the one sha256sum.txt lists.
 func TestFixtureCBOR(t *testing.T) {
-	f, _ := loadFixture(t)
+	f, _ := loadFixture(t, lite060)
 	raw := unhex(t, f.CBOR)
 	m, err := DecodeTDXMaterial(raw)
 	if err != nil {
@@ -216,7 +305,7 @@ func TestCCELSample(t *testing.T) {
 }
 
 func TestCompareNamesFirstMismatch(t *testing.T) {
-	_, l := loadFixture(t)
+	_, l := loadFixture(t, lite060)
 	pred := append(RTMR0Events(l.Events[0].Digest, l.Events[1].Digest, nil), RTMR1Events(make([]byte, 48))...)
 	mm := Compare(pred, l)
 	var s []string
