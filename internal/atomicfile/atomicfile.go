@@ -6,7 +6,8 @@
 // (a hard link) and ReplaceDir (a complete directory swapped in). Temporary
 // names are tracked (Track) so that CleanupOnSignal removes them when the
 // process is interrupted, and CheckNotInput refuses an output that is one of
-// the inputs.
+// the inputs. While a File is open its dirty pages are handed to the disk as
+// it grows (writeback.go), so Commit's fsync waits only for the tail.
 package atomicfile
 
 import (
@@ -22,6 +23,7 @@ type File struct {
 	final  string
 	done   bool
 	forget func()
+	stopWB func() // ends the early writeback (writeback.go)
 }
 
 // Create opens a temporary file beside path (same directory, so the final
@@ -48,7 +50,7 @@ func Create(path string, perm os.FileMode) (*File, error) {
 		forget()
 		return nil, fmt.Errorf("create %s: %w", path, err)
 	}
-	return &File{File: tmp, final: path, forget: forget}, nil
+	return &File{File: tmp, final: path, forget: forget, stopWB: startWriteback(tmp)}, nil
 }
 
 // Path is the final name the file will have after Commit.
@@ -61,6 +63,7 @@ func (f *File) Commit() error {
 	}
 	f.done = true
 	defer f.forget()
+	f.stopWB()
 	tmp := f.File.Name()
 	if err := f.File.Sync(); err != nil {
 		f.File.Close()
@@ -85,6 +88,7 @@ func (f *File) Abort() {
 	}
 	f.done = true
 	defer f.forget()
+	f.stopWB()
 	f.File.Close()
 	os.Remove(f.File.Name())
 }

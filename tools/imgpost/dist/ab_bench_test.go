@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/Dstack-TEE/meta-dstack/internal/atomicfile"
 	"github.com/Dstack-TEE/meta-dstack/internal/testutil"
 	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/sha256x2"
 )
@@ -26,6 +27,9 @@ var abVariants = []abVariant{
 	{"plain-sums", func(off bool) { plainSums = off }},
 	// sha256x2: two SHA-256 lanes at once, against crypto/sha256.
 	{"no-sha256x2", func(off bool) { sha256x2.SetAccelerated(!off) }},
+	// atomicfile's early writeback, against dirty pages left for the fsync
+	// in Commit (no difference on tmpfs).
+	{"no-writeback", func(off bool) { atomicfile.SetEarlyWriteback(!off) }},
 }
 
 // BenchmarkDistAB measures what each of dist's speed-ups is worth: dist on

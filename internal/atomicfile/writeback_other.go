@@ -1,0 +1,7 @@
+//go:build !linux
+
+package atomicfile
+
+const canWriteback = false
+
+func startWriteOut(uintptr) {}
