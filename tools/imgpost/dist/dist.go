@@ -61,7 +61,9 @@ const (
 // (the upstream dstack arguments; the layer's values file carries the same).
 const DefaultCmdlineBase = "console=ttyS0 init=/init panic=1 net.ifnames=0 biosdevname=0 mce=off oops=panic pci=noearly pci=nommconf random.trust_cpu=y random.trust_bootloader=n tsc=reliable no-kvmclock"
 
-// CoherentPool is always added to the command line (see DESIGN.md).
+// CoherentPool is always added to the command line: the DMA atomic pool
+// must be large enough for early NVMe and verity traffic on clouds without
+// bounce buffers.
 const CoherentPool = "coherent_pool=8M"
 
 // RootfsDeviceArg is what the UKI's command line adds: the disk's rootfs partition.

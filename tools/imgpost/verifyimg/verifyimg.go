@@ -5,8 +5,8 @@
 // what the image claims (the kernel command line, sha256sum.txt, digest.txt,
 // the .auth_hash.txt file). The first mismatch is an error naming it.
 //
-// Every byte it reads is treated as hostile (see DESIGN.md, "Hostile
-// input"): an OK means the disk has exactly one boot path (one FAT file
+// Every byte it reads is treated as hostile (tools/imgpost/README.md,
+// "imgpost verify"): an OK means the disk has exactly one boot path (one FAT file
 // system, in the one ESP, holding one EFI/BOOT/BOOTX64.EFI under any case,
 // in directories without colliding names), the UKI has exactly one
 // .cmdline section equal, byte for byte, to the command line dist writes
