@@ -58,6 +58,49 @@ func unhex(t *testing.T, s string) []byte {
 	return b
 }
 
+// material060 decodes dstack-0.6.0's measurement.tdx.cbor and its TD HOB
+// witness.
+func material060(t *testing.T, f fixture) (TDXMaterial, HOBWitness) {
+	t.Helper()
+	m, err := DecodeTDXMaterial(unhex(t, f.CBOR))
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := DecodeWitness(m.TDHOBWitness)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m, w
+}
+
+// hobDigest is the witness's TD HOB digest for memSize bytes.
+func hobDigest(t *testing.T, w HOBWitness, memSize uint64) []byte {
+	t.Helper()
+	d, err := w.TDHOBDigest(memSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+// checkPrediction completes the RTMR0 events with RTMR1's (from the kernel
+// digest) and RTMR2's (command line, initrd) and checks each against the
+// log and the registers against the quote.
+func checkPrediction(t *testing.T, f fixture, l *Log, rtmr0 []Event, kernel, cmdline, initrd []byte) {
+	t.Helper()
+	events := append(rtmr0, RTMR1Events(kernel)...)
+	events = append(events, Event{Index: 2, Type: EvEventTag, Digest: cmdline}, Event{Index: 2, Type: EvEventTag, Digest: initrd})
+	for _, x := range Compare(events, l) {
+		t.Error(x)
+	}
+	got := RTMRs(events)
+	for i, name := range []string{"rtmr0", "rtmr1", "rtmr2"} {
+		if hex.EncodeToString(got[i]) != f.Quote[name] {
+			t.Errorf("%s: predicted %x, quote %s", name, got[i], f.Quote[name])
+		}
+	}
+}
+
 func logDigests(l *Log, idx uint32) [][]byte {
 	var out [][]byte
 	for _, e := range l.Events {
@@ -86,18 +129,8 @@ func TestFixtureReplayMatchesQuote(t *testing.T) {
 // and the predicted registers equal the quote.
 func TestFixturePrediction(t *testing.T) {
 	f, l := loadFixture(t, lite060)
-	m, err := DecodeTDXMaterial(unhex(t, f.CBOR))
-	if err != nil {
-		t.Fatal(err)
-	}
-	w, err := DecodeWitness(m.TDHOBWitness)
-	if err != nil {
-		t.Fatal(err)
-	}
-	hob, err := w.TDHOBDigest(f.MemorySize)
-	if err != nil {
-		t.Fatal(err)
-	}
+	m, w := material060(t, f)
+	hob := hobDigest(t, w, f.MemorySize)
 	acpi, err := ACPIFromLog(l)
 	if err != nil {
 		t.Fatal(err)
@@ -105,21 +138,7 @@ func TestFixturePrediction(t *testing.T) {
 	r0 := logDigests(l, 0)
 	// The CFV digest is the only RTMR0 input the fixture does not carry
 	// (the firmware is not in it): take it from the log.
-	var events []Event
-	events = append(events, RTMR0Events(hob, r0[1], acpi)...)
-	events = append(events, RTMR1Events(m.KernelAuthenticode)...)
-	events = append(events, Event{Index: 2, Type: EvEventTag, Digest: m.CmdlineSHA384}, Event{Index: 2, Type: EvEventTag, Digest: m.InitrdSHA384})
-	if mm := Compare(events, l); len(mm) != 0 {
-		for _, x := range mm {
-			t.Error(x)
-		}
-	}
-	got := RTMRs(events)
-	for i, name := range []string{"rtmr0", "rtmr1", "rtmr2"} {
-		if hex.EncodeToString(got[i]) != f.Quote[name] {
-			t.Errorf("%s: predicted %x, quote %s", name, got[i], f.Quote[name])
-		}
-	}
+	checkPrediction(t, f, l, RTMR0Events(hob, r0[1], acpi), m.KernelAuthenticode, m.CmdlineSHA384, m.InitrdSHA384)
 	order, err := Shape{QEMUVersion: f.QEMUVersion}.PageOrder()
 	if err != nil || order != TwoPass {
 		t.Fatalf("QEMU %s: order %v, %v; want two-pass", f.QEMUVersion, order, err)
@@ -133,21 +152,11 @@ func TestFixturePrediction(t *testing.T) {
 // TEMP_MEM sections) is the logged first RTMR0 event.
 func TestFixtureTDHOB(t *testing.T) {
 	f, l := loadFixture(t, lite060)
-	m, err := DecodeTDXMaterial(unhex(t, f.CBOR))
-	if err != nil {
-		t.Fatal(err)
-	}
-	w, err := DecodeWitness(m.TDHOBWitness)
-	if err != nil {
-		t.Fatal(err)
-	}
+	m, w := material060(t, f)
 	if got := hex.EncodeToString(w.Encode()); got != hex.EncodeToString(m.TDHOBWitness) {
 		t.Errorf("witness re-encodes as %s, want %x", got, m.TDHOBWitness)
 	}
-	d, err := w.TDHOBDigest(f.MemorySize)
-	if err != nil {
-		t.Fatal(err)
-	}
+	d := hobDigest(t, w, f.MemorySize)
 	if !bytes.Equal(d, l.Events[0].Digest) {
 		t.Errorf("TD HOB digest %x, log %x", d, l.Events[0].Digest)
 	}
@@ -172,18 +181,8 @@ func TestFixtureTDHOBAboveSplit(t *testing.T) {
 	if f.MemorySize != 64<<30 {
 		t.Fatalf("memory %d", f.MemorySize)
 	}
-	m, err := DecodeTDXMaterial(unhex(t, f060.CBOR))
-	if err != nil {
-		t.Fatal(err)
-	}
-	w, err := DecodeWitness(m.TDHOBWitness)
-	if err != nil {
-		t.Fatal(err)
-	}
-	d, err := w.TDHOBDigest(f.MemorySize)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, w := material060(t, f060)
+	d := hobDigest(t, w, f.MemorySize)
 	if !bytes.Equal(d, l.Events[0].Digest) {
 		t.Errorf("TD HOB digest for 64 GiB %x, log %x", d, l.Events[0].Digest)
 	}
@@ -197,18 +196,8 @@ func TestFixtureTDHOBAboveSplit(t *testing.T) {
 func TestFixture64GPrediction(t *testing.T) {
 	f060, _ := loadFixture(t, lite060)
 	f, l := loadFixture(t, report64G)
-	m, err := DecodeTDXMaterial(unhex(t, f060.CBOR))
-	if err != nil {
-		t.Fatal(err)
-	}
-	w, err := DecodeWitness(m.TDHOBWitness)
-	if err != nil {
-		t.Fatal(err)
-	}
-	hob, err := w.TDHOBDigest(f.MemorySize)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, w := material060(t, f060)
+	hob := hobDigest(t, w, f.MemorySize)
 	acpi, err := ACPIFromLog(l)
 	if err != nil {
 		t.Fatal(err)
@@ -217,19 +206,7 @@ func TestFixture64GPrediction(t *testing.T) {
 	if len(r2) != 2 {
 		t.Fatalf("%d RTMR2 events, want 2", len(r2))
 	}
-	var events []Event
-	events = append(events, RTMR0Events(hob, r0[1], acpi)...)
-	events = append(events, RTMR1Events(r1[0])...)
-	events = append(events, Event{Index: 2, Type: EvEventTag, Digest: r2[0]}, Event{Index: 2, Type: EvEventTag, Digest: r2[1]})
-	for _, x := range Compare(events, l) {
-		t.Error(x)
-	}
-	got := RTMRs(events)
-	for i, name := range []string{"rtmr0", "rtmr1", "rtmr2"} {
-		if hex.EncodeToString(got[i]) != f.Quote[name] {
-			t.Errorf("%s: predicted %x, quote %s", name, got[i], f.Quote[name])
-		}
-	}
+	checkPrediction(t, f, l, RTMR0Events(hob, r0[1], acpi), r1[0], r2[0], r2[1])
 	order, err := Shape{QEMUVersion: f.QEMUVersion}.PageOrder()
 	if err != nil || order != SinglePass {
 		t.Errorf("QEMU %s: order %v, %v; want single-pass", f.QEMUVersion, order, err)

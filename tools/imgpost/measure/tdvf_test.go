@@ -136,10 +136,7 @@ func TestPinnedFirmwareRTMR0(t *testing.T) {
 	}
 	for _, name := range []string{lite060, report64G} {
 		f, l := loadFixture(t, name)
-		hob, err := w.TDHOBDigest(f.MemorySize)
-		if err != nil {
-			t.Fatal(err)
-		}
+		hob := hobDigest(t, w, f.MemorySize)
 		acpi, err := ACPIFromLog(l)
 		if err != nil {
 			t.Fatal(err)
