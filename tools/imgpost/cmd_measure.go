@@ -86,7 +86,7 @@ func runMeasure(args []string, stdout, stderr io.Writer) error {
 	memory := fs.String("memory", "2G", "guest `RAM`: bytes or K/M/G/T")
 	qemuVersion := fs.String("qemu-version", "9.1.0", "QEMU `VERSION`: 8.x adds pages two-pass, 9 and later single-pass")
 	order := fs.String("mrtd-order", "auto", "MRTD page `ORDER`: auto (from --qemu-version), single or two")
-	initrdArg := fs.String("initrd-arg", "suffix", "where the firmware puts \"initrd=initrd\" in the command line: suffix (older EDK2, dstack's firmware) or prefix (newer EDK2)")
+	initrdArg := fs.String("initrd-arg", "suffix", "where the firmware puts \"initrd=initrd\" in the command line: suffix (EDK2 up to edk2-stable202505, dstack's firmware) or prefix (edk2-stable202508 and later)")
 	eventLog := fs.String("event-log", "", "real event `FILE` (binary CCEL, or dstack's JSON event log / GetQuote response): take the ACPI digests from it and compare event by event")
 	acpiLoader := fs.String("acpi-loader", "", "SHA-384 `HEX` of QEMU's ACPI table loader")
 	acpiRSDP := fs.String("acpi-rsdp", "", "SHA-384 `HEX` of QEMU's ACPI RSDP")

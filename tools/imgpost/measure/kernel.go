@@ -132,8 +132,8 @@ func (o overlay) ReadAt(p []byte, off int64) (int, error) {
 type InitrdArg int
 
 const (
-	InitrdSuffix InitrdArg = iota // "<cmdline> initrd=initrd" (dstack's pre202505 OVMF)
-	InitrdPrefix                  // "initrd=initrd <cmdline>"
+	InitrdSuffix InitrdArg = iota // "<cmdline> initrd=initrd" (EDK II up to edk2-stable202505: dstack's firmware)
+	InitrdPrefix                  // "initrd=initrd <cmdline>" (edk2-stable202508 and later)
 	InitrdNone                    // no initrd word (no initrd)
 )
 

@@ -67,11 +67,20 @@ func swtpm(t *testing.T) []string {
 
 var cmdlineRE = regexp.MustCompile(`CMDLINE\[(.*)\]`)
 
+// vtpmOVMFEnv names a directory with another TPM-enabled OVMF (an edk2
+// build's FV directory: OVMF_CODE.fd, OVMF_VARS.fd) for the boots below,
+// e.g. an EDK II that prepends "initrd=initrd" (edk2-stable202508 and
+// later); by default they use Debian's.
+const vtpmOVMFEnv = "IMGPOST_TEST_VTPM_OVMF"
+
 // bootLog boots cfg with a fresh software TPM and returns the guest's
 // binary_bios_measurements and /proc/cmdline.
 func bootLog(t *testing.T, cfg qemu.Config) ([]byte, string) {
 	t.Helper()
 	cfg.ExtraArgs = append(cfg.ExtraArgs, swtpm(t)...)
+	if d := os.Getenv(vtpmOVMFEnv); d != "" {
+		cfg.Firmware, cfg.Vars = filepath.Join(d, "OVMF_CODE.fd"), filepath.Join(d, "OVMF_VARS.fd")
+	}
 	cfg.LogPath = filepath.Join(t.TempDir(), "console.log")
 	vm, err := qemu.Start(cfg)
 	if err != nil {
