@@ -99,9 +99,9 @@ func TestBadValues(t *testing.T) {
 		{"firmware tag unknown", func(s string) string {
 			return strings.Replace(s, "tag: edk2-stable202502", "tag: edk2-stable202511", 1)
 		}, "firmware.tag", "not known"},
-		{"firmware tag not modelled", func(s string) string {
+		{"firmware tag of another layout", func(s string) string {
 			return strings.Replace(s, "tag: edk2-stable202502", "tag: edk2-stable202505", 1)
-		}, "firmware.tag", "does not model"},
+		}, "firmware.tag", "not known"},
 		{"firmware commit short", func(s string) string {
 			return strings.Replace(s, "commit: fbe0805b2091393406952e84724188f8c1941837", "commit: fbe0805b", 1)
 		}, "firmware.commit", "40-hex"},
