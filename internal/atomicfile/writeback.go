@@ -20,21 +20,20 @@ import (
 // the disk: at a producer's ~1 GB/s, about 50 MB each time.
 const writebackInterval = 50 * time.Millisecond
 
-var earlyWriteback atomic.Bool
-
-func init() { earlyWriteback.Store(true) }
+// writebackOff turns early writeback off (SetEarlyWriteback).
+var writebackOff atomic.Bool
 
 // SetEarlyWriteback turns early writeback on or off for files created
 // afterwards and returns the previous setting. It exists for A/B
 // measurements (dist's BenchmarkDistAB).
 func SetEarlyWriteback(on bool) (prev bool) {
-	return earlyWriteback.Swap(on)
+	return !writebackOff.Swap(!on)
 }
 
 // startWriteback starts the writeback goroutine for f and returns the
 // function that stops it (and waits for it, so that f can be closed).
 func startWriteback(f *os.File) (stop func()) {
-	if !earlyWriteback.Load() || !canWriteback {
+	if writebackOff.Load() || !canWriteback {
 		return func() {}
 	}
 	rc, err := f.SyscallConn()

@@ -17,6 +17,9 @@ import (
 
 func layerRoot(t *testing.T) string { return filepath.Join(testutil.RepoRoot(t), "meta-dstack") }
 
+// bspRoot is the machine layer beside it.
+func bspRoot(t *testing.T) string { return filepath.Join(testutil.RepoRoot(t), "meta-dstack-bsp") }
+
 // readStatements reads and parses one BitBake file.
 func readStatements(t *testing.T, p string) []Statement {
 	t.Helper()

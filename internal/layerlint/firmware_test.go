@@ -8,7 +8,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/Dstack-TEE/meta-dstack/internal/testutil"
 	"github.com/Dstack-TEE/meta-dstack/internal/values"
 	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/dist"
 	"github.com/Dstack-TEE/meta-dstack/tools/imgpost/measure"
@@ -31,7 +30,7 @@ const (
 // firmwareRecipe is the path of the dstack-ovmf recipe for the values'
 // firmware tag: PV comes from the file name.
 func firmwareRecipe(t *testing.T, v *values.Values) string {
-	return filepath.Join(testutil.RepoRoot(t), "meta-dstack-bsp", "recipes-core", "dstack-ovmf", "dstack-ovmf_"+v.Firmware.Tag+".bb")
+	return filepath.Join(bspRoot(t), "recipes-core", "dstack-ovmf", "dstack-ovmf_"+v.Firmware.Tag+".bb")
 }
 
 // buildArg matches one option of the edk2 build command line as do_compile
@@ -230,7 +229,7 @@ func TestFirmwareRecipe(t *testing.T) {
 func TestImageDependsOnFirmware(t *testing.T) {
 	class, data := classFile(t)
 	v := repoValues(t)
-	mconf := filepath.Join(filepath.Dir(layerRoot(t)), "meta-dstack-bsp", "conf", "machine", v.Machine.Name+".conf")
+	mconf := filepath.Join(bspRoot(t), "conf", "machine", v.Machine.Name+".conf")
 	mdata, err := os.ReadFile(mconf)
 	if err != nil {
 		t.Fatal(err)

@@ -16,7 +16,7 @@ import (
 func kernelAppend(t *testing.T) ([]Statement, string) {
 	t.Helper()
 	v := repoValues(t)
-	dir := filepath.Join(filepath.Dir(layerRoot(t)), "meta-dstack-bsp", "recipes-kernel", "linux")
+	dir := filepath.Join(bspRoot(t), "recipes-kernel", "linux")
 	return readStatements(t, filepath.Join(dir, v.Kernel.Provider+"_%.bbappend")), filepath.Join(dir, "files")
 }
 
@@ -150,7 +150,7 @@ func TestKernelOptions(t *testing.T) {
 	// KERNEL_DEBUG makes linux-yocto depend on pahole-native, which only
 	// meta-oe provides: the BSP layer must depend on it (yocto-check-layer's
 	// test_machine_world: "Nothing PROVIDES 'pahole-native'").
-	bsp := readStatements(t, filepath.Join(filepath.Dir(layerRoot(t)), "meta-dstack-bsp", "conf", "layer.conf"))
+	bsp := readStatements(t, filepath.Join(bspRoot(t), "conf", "layer.conf"))
 	deps := ""
 	for _, s := range bsp {
 		if strings.HasPrefix(s.Var, "LAYERDEPENDS_") {

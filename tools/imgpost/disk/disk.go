@@ -253,8 +253,8 @@ func BuildInto(dst *os.File, ukiPath, rootfsPath string, opts Options) (Layout, 
 }
 
 // Build writes the disk image into dst, which is truncated first (it must
-// be a regular file: the image is made sparse by truncation). uki and rootfs are read from their start to
-// their end (Stat gives their sizes).
+// be a regular file: the image is made sparse by truncation). uki and rootfs
+// are read from their start to their end (Stat gives their sizes).
 func Build(dst, uki, rootfs *os.File, opts Options) (Layout, error) {
 	ust, err := uki.Stat()
 	if err != nil {

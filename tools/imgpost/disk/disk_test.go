@@ -460,7 +460,7 @@ func TestProgress(t *testing.T) {
 	sameReader(t, "rootfs partition", io.NewSectionReader(sec, 0, size), rootfs)
 }
 
-// TestBuildReserved: a destination that already holds allocated space
+// TestBuildIntoUsedFile: a destination that already holds allocated space
 // (fallocate) gets the bytes and the space of an image built into an empty
 // file: Build empties it first.
 func TestBuildIntoUsedFile(t *testing.T) {

@@ -81,8 +81,8 @@ func TestDist(t *testing.T) {
 	var outs [2]string
 	var log bytes.Buffer
 	// The first run has every speed-up; the second none (BenchmarkDistAB's
-	// variants): no reservations, plain hashing, no mapping of the verity
-	// input, no two-lane SHA-256. Both must give the same bytes and holes.
+	// variants): plain hashing, no two-lane SHA-256, no early writeback.
+	// Both must give the same bytes and holes.
 	defer func() {
 		for _, v := range abVariants {
 			v.set(false)

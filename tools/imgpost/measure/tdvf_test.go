@@ -53,11 +53,22 @@ func TestMRTDMatchesPython(t *testing.T) {
 	}
 }
 
-func mrtdMatchesPython(t *testing.T, path string) {
-	fwb, err := os.ReadFile(path)
+// firmwareFile reads and parses the firmware at path.
+func firmwareFile(t *testing.T, path string) *Firmware {
+	t.Helper()
+	b, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
+	fw, err := ParseFirmware(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fw
+}
+
+func mrtdMatchesPython(t *testing.T, path string) {
+	fw := firmwareFile(t, path)
 	out, err := exec.Command("python3", "testdata/tdvf_mrtd.py", path).Output()
 	if err != nil {
 		t.Fatalf("tdvf_mrtd.py: %v", err)
@@ -72,10 +83,6 @@ func mrtdMatchesPython(t *testing.T, path string) {
 		if len(f) > 0 && f[0] == "section" {
 			pySections++
 		}
-	}
-	fw, err := ParseFirmware(fwb)
-	if err != nil {
-		t.Fatal(err)
 	}
 	if len(fw.Sections) != pySections || pySections == 0 {
 		t.Fatalf("%d sections, python read %d", len(fw.Sections), pySections)
@@ -118,14 +125,7 @@ func TestPinnedFirmwareRTMR0(t *testing.T) {
 	if path == "" {
 		t.Skip(pinnedOVMFEnv + " is not set (the pinned firmware is not built in CI)")
 	}
-	fwb, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	fw, err := ParseFirmware(fwb)
-	if err != nil {
-		t.Fatal(err)
-	}
+	fw := firmwareFile(t, path)
 	cfv, err := fw.CFV()
 	if err != nil {
 		t.Fatal(err)

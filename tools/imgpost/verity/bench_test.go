@@ -19,7 +19,8 @@ func benchSquashfs(b *testing.B) string { return testutil.BenchSquashfs(b) }
 
 // sha256Floor hashes every 4096-byte block of the file on all cores with
 // crypto/sha256 (one block at a time, as veritysetup and OpenSSL do), read the
-// way Format reads it (pread), and writes nothing: the least work any verity builder has to do.
+// way Format reads it (pread), and writes nothing: the least work any verity
+// builder has to do.
 // With pairs, blocks are hashed two at a time as Format does (sha256x2).
 func sha256Floor(path string, pairs bool) error {
 	f, err := os.Open(path)

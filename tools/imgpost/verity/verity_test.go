@@ -488,8 +488,7 @@ func (m *memWriter) WriteAt(p []byte, off int64) (int, error) {
 }
 
 // TestFormatWritePaths checks that the file path and the plain writer path
-// give the same bytes, for an unaligned size over
-// several chunks.
+// give the same bytes, for an unaligned size over several chunks.
 func TestFormatWritePaths(t *testing.T) {
 	dir := t.TempDir()
 	in := filepath.Join(dir, "data")
